@@ -1,0 +1,223 @@
+"""The array engine against scipy's cubic spline (mirror boundary), which is defined everywhere."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+
+from conftest import mirror_spline
+from nidataset import _bspline
+from nidataset._bspline import resize, sample_positions
+
+SHAPES = [
+    ((20, 17, 9), (7, 30, 9)),  # down, up, unchanged
+    ((5, 6, 7), (11, 3, 14)),
+    ((40, 36, 30), (17, 20, 11)),  # down on every axis
+    ((9, 8, 7), (20, 19, 15)),  # up more than 2x on every axis
+    ((1, 2, 3), (3, 3, 3)),  # tiny axes in
+    ((3, 2, 1), (1, 1, 1)),  # tiny axes out
+    ((2, 3, 4), (5, 7, 9)),
+]
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize(("old", "new"), SHAPES)
+def test_matches_scipy_mirror_spline_float64(old, new, order, rng):
+    x = np.asarray(rng.standard_normal(old), order=order)
+    # float64 all the way: only rounding separates the two (the prefilter horizon is below 1e-16).
+    np.testing.assert_allclose(resize(x, new, clip=False), mirror_spline(x, new), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("old", "new"), SHAPES)
+def test_matches_scipy_mirror_spline_float32(old, new, rng):
+    x = rng.standard_normal(old).astype(np.float32)
+    out = resize(x, new, clip=False)
+    assert out.dtype == np.float32
+    # float32 arithmetic on values of order 1 (|x| < 5): a few ulps after the prefilter's gain.
+    np.testing.assert_allclose(out, mirror_spline(x, new), rtol=0, atol=5e-6)
+
+
+def test_coefficients_match_scipy_spline_filter(rng):
+    for n in (2, 3, 5, 13, 40, 100):
+        x = rng.standard_normal((3, n, 4))
+        c = x.copy()
+        _bspline._prefilter(c)
+        # The prefilter leaves out the gain of 6 that the weights put back.
+        expected = ndimage.spline_filter1d(x, order=3, axis=1, mode="mirror")
+        np.testing.assert_allclose(6 * c, expected, rtol=0, atol=1e-12)
+
+
+def test_blocked_and_transposed_paths_agree_with_scipy(rng, monkeypatch):
+    # Tiny blocks force many blocks per pass and the transposed path for short inner runs.
+    monkeypatch.setattr(_bspline, "_BLOCK", 500)
+    monkeypatch.setattr(_bspline, "_MIN_RUN", 8)
+    for old, new in [((30, 40, 50), (13, 17, 60)), ((50, 40, 30), (60, 17, 13))]:
+        x = rng.standard_normal(old)
+        np.testing.assert_allclose(resize(x, new, clip=False), mirror_spline(x, new), atol=1e-12)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_input_is_never_modified(order, rng):
+    for shape in [(7,), (7, 4), (2, 3, 4), (30, 5, 6)]:
+        x = np.asarray(rng.standard_normal(shape), order=order)
+        before = x.copy()
+        resize(x, tuple(max(1, n - 1) for n in shape))
+        np.testing.assert_array_equal(x, before)
+
+
+def test_output_layout_follows_input(rng):
+    x = rng.standard_normal((10, 11, 12))
+    c = resize(x, (5, 6, 7))
+    f = resize(np.asfortranarray(x), (5, 6, 7))
+    assert c.flags.c_contiguous and f.flags.f_contiguous
+    np.testing.assert_array_equal(c, f)
+
+
+def test_interpolating_and_constant_preserving(rng):
+    x = rng.standard_normal((6, 5, 4))
+    # Same size: the interpolating spline gives back every sample.
+    np.testing.assert_array_equal(resize(x, x.shape), x)
+    # Integer zoom: every other output sample is an input sample.
+    np.testing.assert_allclose(resize(x, (12, 10, 8), clip=False)[::2, ::2, ::2], x, atol=1e-12)
+    # A constant stays exactly constant (weights sum to the prefilter's gain).
+    const = np.full((9, 4, 3), 7.25)
+    np.testing.assert_allclose(resize(const, (5, 11, 2)), 7.25, rtol=1e-14)
+
+
+def test_upsampling_past_last_sample_is_not_zero_filled():
+    # The reference returns 0 for output samples past the last input voxel centre when upsampling 2x+.
+    x = np.linspace(100, 200, 10)[:, None, None] * np.ones((1, 4, 4))
+    out = resize(x, (30, 4, 4))
+    assert out.min() >= 100  # clipped to the input range, nowhere near 0
+    # The last samples mirror the edge: the spline is symmetric about the last voxel centre.
+    positions = sample_positions(10, 30)
+    np.testing.assert_allclose(out[-1, 0, 0], mirror_spline(x, (30, 4, 4))[-1, 0, 0], atol=1e-9)
+    assert positions[-1] > 9  # this sample lies past the last voxel centre
+
+
+def test_clip_removes_overshoot_and_respects_range():
+    x = np.zeros((12, 1, 1))
+    x[6] = 1000.0  # an impulse rings: the spline undershoots below 0 around it
+    ringing = resize(x, (17, 1, 1), clip=False)
+    assert ringing.min() < -1
+    clipped = resize(x, (17, 1, 1))
+    assert clipped.min() == 0 and clipped.max() <= 1000
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.uint32, np.int64])
+def test_integer_output_is_rounded_not_truncated(dtype):
+    x = np.array([0, 10, 0, 10, 0, 10, 0], dtype=dtype)
+    exact = resize(x, (11,))
+    rounded = resize(x, (11,), output_dtype=dtype)
+    assert rounded.dtype == dtype
+    np.testing.assert_array_equal(rounded, np.rint(exact).astype(dtype))
+    assert np.any(np.rint(exact) != np.trunc(exact))  # the case where truncation would differ occurs
+
+
+@pytest.mark.parametrize(
+    ("dtype", "computed"),
+    [
+        (np.uint8, np.float32),
+        (np.int16, np.float32),
+        (np.uint16, np.float32),
+        (np.float16, np.float32),
+        (np.float32, np.float32),
+        (np.int32, np.float64),
+        (np.int64, np.float64),
+        (np.float64, np.float64),
+    ],
+)
+def test_computation_type(dtype, computed):
+    assert resize(np.ones((3, 3, 3), dtype), (2, 2, 2)).dtype == computed
+
+
+def test_wide_integers_round_trip_exactly():
+    # float32 would lose these: float64 keeps every int32 value.
+    x = np.array([2_000_000_001, -2_000_000_001, 123_456_789], dtype=np.int32)
+    np.testing.assert_array_equal(resize(x, (3,), output_dtype=np.int32), x)
+
+
+class TestNonFinite:
+    def smooth(self):
+        g = np.meshgrid(*[np.linspace(0, 1, n) for n in (24, 22, 20)], indexing="ij")
+        return 100 + 50 * g[0] + 30 * g[1] * g[2]
+
+    def test_nan_stays_where_the_nearest_voxel_is_nan(self):
+        x = self.smooth()
+        x[10, 11, 5] = np.nan
+        x[3:5, 2:4, 15:18] = np.nan
+        new = (13, 31, 9)
+        out = resize(x, new)
+        near = np.ix_(
+            *[
+                np.minimum(np.floor(sample_positions(o, n) + 0.5), o - 1).astype(int)
+                for o, n in zip(x.shape, new, strict=True)
+            ]
+        )
+        expected_nan = np.isnan(x)[near]
+        assert expected_nan.any()
+        np.testing.assert_array_equal(np.isnan(out), expected_nan)
+
+    def test_finite_values_away_from_nan_are_unaffected(self):
+        clean = self.smooth()
+        x = clean.copy()
+        x[10, 11, 5] = np.nan
+        new = (13, 31, 9)
+        out, ref = resize(x, new), resize(clean, new)
+        pos = [sample_positions(o, n) for o, n in zip(x.shape, new, strict=True)]
+        # Distance (in input voxels) from each output sample to the NaN voxel.
+        d = np.sqrt(
+            sum(
+                ((p - c)[tuple(slice(None) if a == i else None for a in range(3))]) ** 2
+                for i, (p, c) in enumerate(zip(pos, (10, 11, 5), strict=True))
+            )
+        )
+        far = d >= 4
+        assert far.sum() > 0.9 * far.size
+        # The NaN is filled from its nearest neighbour; on a smooth volume the spline's response to that
+        # small change decays as 0.268**distance: below 1e-3 of the range four voxels away.
+        np.testing.assert_allclose(out[far], ref[far], atol=1e-3 * (np.nanmax(x) - np.nanmin(x)))
+        assert np.isfinite(out[d >= 1]).all()
+
+    def test_infinities_are_kept_local_too(self):
+        x = self.smooth()
+        x[5, 5, 5] = np.inf
+        x[20, 20, 10] = -np.inf
+        out = resize(x, (24, 22, 20))
+        assert out[5, 5, 5] == np.inf and out[20, 20, 10] == -np.inf
+        assert np.isfinite(out).sum() == out.size - 2
+
+    def test_all_nan(self):
+        out = resize(np.full((4, 4, 4), np.nan, np.float32), (2, 3, 5))
+        assert out.shape == (2, 3, 5) and np.isnan(out).all()
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [((2, 2), "one positive size per dimension"), ((2, 0, 2), "one positive size"), ((2, -1, 3), "positive")],
+)
+def test_bad_shape(shape, message):
+    with pytest.raises(ValueError, match=message):
+        resize(np.ones((3, 3, 3)), shape)
+
+
+def test_bad_type():
+    with pytest.raises(TypeError, match="complex"):
+        resize(np.ones((3, 3, 3), np.complex64), (2, 2, 2))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shapes=st.integers(1, 3).flatmap(
+        lambda nd: st.tuples(
+            st.lists(st.integers(1, 12), min_size=nd, max_size=nd),
+            st.lists(st.integers(1, 12), min_size=nd, max_size=nd),
+        )
+    ),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_random_shapes_match_scipy(shapes, seed):
+    old, new = shapes
+    x = np.random.default_rng(seed).standard_normal(old)
+    np.testing.assert_allclose(resize(x, new, clip=False), mirror_spline(x, new), rtol=0, atol=1e-11)
