@@ -1,0 +1,237 @@
+"""Resampling of NIfTI volumes to a fixed array size: the public API.
+
+Each function validates its arguments, then reads, computes and writes; the arithmetic lives in
+``_bspline`` (values) and ``_geometry`` (affines), the file handling in ``_nifti``, and the dataset loop
+in ``_runner``.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import _nifti, _runner
+from ._bspline import resize
+from ._nifti import InvalidVolumeError
+from ._runner import DatasetError
+
+__all__ = ["DatasetError", "InvalidVolumeError", "resampling", "resampling_dataset"]
+
+logger = logging.getLogger(__name__)
+
+_SAVING_MODES = ("case", "folder")
+
+
+def resampling(
+    nii_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    desired_volume: Sequence[int],
+    debug: bool = False,
+) -> str:
+    """Resample a 3D NIfTI volume to `desired_volume` voxels, keeping its field of view.
+
+    The volume is interpolated with a cubic B-spline on a grid of `desired_volume` voxels that starts at
+    the same origin, has the same directions and spans the same extent: the voxel spacing becomes
+    ``spacing * old_size / new_size``. The result is written to ``<output_path>/<PREFIX>_resampled.nii.gz``
+    in the input's data type.
+
+    Parameters
+    ----------
+    nii_path : str or os.PathLike
+        Input volume, a ``.nii.gz`` file. A 4D file whose extra dimensions are all 1 is read as 3D.
+    output_path : str or os.PathLike
+        Folder for the result; created if needed.
+    desired_volume : sequence of 3 int
+        Output size ``(X, Y, Z)`` in voxels: three positive integers (Python or NumPy).
+    debug : bool, optional
+        Print ``Resampled image saved at: '<path>'`` once the file is written.
+
+    Returns
+    -------
+    str
+        Path of the written file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If `nii_path` does not exist.
+    ValueError
+        If `nii_path` does not end in ``.nii.gz`` or `desired_volume` is not three positive integers.
+    InvalidVolumeError
+        (a ``ValueError``) If the file is not a readable 3D NIfTI volume of integer or real values;
+        the message names the file.
+
+    See Also
+    --------
+    resampling_dataset : the same for every volume of a folder.
+
+    Notes
+    -----
+    *Geometry.* The output affine is ``affine @ diag(old_size / new_size, 1)``: output voxel ``i`` lies
+    at input voxel ``i * old_size / new_size``. Origin and direction are kept exactly (also for oblique and
+    sheared affines); the sform and the qform are both updated this way and keep their codes, as do the
+    units and the header's other fields.
+
+    *Values.* Cubic B-spline interpolation (order 3, interpolating) with a mirror boundary: the values
+    SimpleITK's ``Resample(..., sitkBSpline, origin, new_spacing, direction)`` computes, evaluated the same
+    way past the last input voxel, where SimpleITK returns 0 when upsampling by 2 or more. Results are
+    clipped to the input's range; integer types are rounded to nearest. Data scaled by
+    ``scl_slope``/``scl_inter`` are resampled as stored and keep their scaling, which is the same as
+    resampling the scaled values and storing them back to within half a stored unit. A NaN voxel stays
+    local: output voxels whose nearest input voxel is NaN are NaN, the others are finite.
+
+    *Files.* The output is written to a hidden temporary file in `output_path` and renamed once
+    complete, so a failed or interrupted call never leaves a partial ``.nii.gz``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import nibabel as nib
+    >>> import numpy as np
+    >>> folder = tempfile.mkdtemp()
+    >>> scan = os.path.join(folder, "scan.nii.gz")
+    >>> nib.save(nib.Nifti1Image(np.zeros((64, 64, 40), np.int16), np.diag([0.5, 0.5, 2.0, 1])), scan)
+    >>> out = resampling(scan, os.path.join(folder, "out"), (32, 32, 16), debug=True)  # doctest: +ELLIPSIS
+    Resampled image saved at: '.../out/scan_resampled.nii.gz'
+    >>> image = nib.load(out)
+    >>> image.shape, [float(z) for z in image.header.get_zooms()], image.get_data_dtype().name
+    ((32, 32, 16), [1.0, 1.0, 5.0], 'int16')
+    """
+    path = _check_input_file(nii_path)
+    shape = _check_desired_volume(desired_volume)
+    target = os.path.join(os.fspath(output_path), _nifti.output_name(path))
+    volume = _nifti.read(path)
+    data = resize(volume.data, shape, clip=True, output_dtype=volume.data.dtype)
+    header = _nifti.resized_header(volume.header, shape)
+    _make_folder(output_path)
+    _nifti.write(target, data, header)
+    logger.info("resampled %s %s -> %s %s", path, volume.data.shape, target, shape)
+    if debug:
+        print(f"Resampled image saved at: '{target}'")
+    return target
+
+
+def resampling_dataset(
+    nii_folder: str | os.PathLike,
+    output_path: str | os.PathLike,
+    desired_volume: Sequence[int],
+    saving_mode: str = "case",
+    debug: bool = False,
+    *,
+    progress: bool = True,
+) -> list[str]:
+    """Resample every ``.nii.gz`` volume of a folder to `desired_volume` voxels.
+
+    Each file directly in `nii_folder` whose name ends in ``.nii.gz`` is resampled as by
+    :func:`resampling`, in name order; other files are ignored. A file that fails does not stop the
+    others: every other file is written, then a :class:`DatasetError` names each failed file and why.
+
+    Parameters
+    ----------
+    nii_folder : str or os.PathLike
+        Folder holding the input volumes.
+    output_path : str or os.PathLike
+        Root folder of the results; created if needed.
+    desired_volume : sequence of 3 int
+        Output size ``(X, Y, Z)`` in voxels.
+    saving_mode : {"case", "folder"}, optional
+        ``"case"`` writes ``<output_path>/<PREFIX>/<PREFIX>_resampled.nii.gz`` (a folder per volume),
+        ``"folder"`` writes every ``<PREFIX>_resampled.nii.gz`` directly in `output_path`.
+    debug : bool, optional
+        Print ``Resampling completed for all files in '<nii_folder>'`` once all files are written.
+    progress : bool, optional
+        Show a progress bar on stderr.
+
+    Returns
+    -------
+    list of str
+        Paths of the written files, in input order.
+
+    Raises
+    ------
+    FileNotFoundError
+        If `nii_folder` does not exist or holds no ``.nii.gz`` file.
+    ValueError
+        If `desired_volume` is not three positive integers or `saving_mode` is not "case" or "folder".
+    DatasetError
+        (a ``RuntimeError``) After all other files are written, if any file failed. Its ``failures``
+        lists each failed file with its exception; its ``outputs`` the files written.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import nibabel as nib
+    >>> import numpy as np
+    >>> folder = tempfile.mkdtemp()
+    >>> for name in ("a", "b"):
+    ...     image = nib.Nifti1Image(np.ones((20, 20, 10), np.float32), np.eye(4))
+    ...     nib.save(image, os.path.join(folder, f"{name}.nii.gz"))
+    >>> outputs = resampling_dataset(folder, os.path.join(folder, "out"), (10, 10, 5), progress=False)
+    >>> [os.path.relpath(p, folder) for p in outputs]
+    ['out/a/a_resampled.nii.gz', 'out/b/b_resampled.nii.gz']
+    """
+    shape = _check_desired_volume(desired_volume)
+    if saving_mode not in _SAVING_MODES:
+        raise ValueError(f"saving_mode must be 'case' or 'folder', got {saving_mode!r}")
+    inputs = _runner.list_inputs(nii_folder, _nifti.SUFFIX)
+    root = os.fspath(output_path)
+
+    def job(path: str) -> str:
+        folder = root
+        if saving_mode == "case":
+            folder = os.path.join(root, _case_folder(path))
+        return resampling(path, folder, shape)
+
+    outputs = _runner.run(inputs, job, progress=progress)
+    if debug:
+        print(f"Resampling completed for all files in '{os.fspath(nii_folder)}'")
+    return outputs
+
+
+def _check_input_file(nii_path: str | os.PathLike) -> str:
+    path = os.fspath(nii_path)
+    if not isinstance(path, str):
+        raise TypeError(f"nii_path must be a str or os.PathLike, got {type(nii_path).__name__}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"the input file '{path}' does not exist")
+    if not path.endswith(_nifti.SUFFIX):
+        raise ValueError(f"the input file must be a '{_nifti.SUFFIX}' file, got '{path}'")
+    return path
+
+
+def _check_desired_volume(desired_volume: Sequence[int]) -> tuple[int, int, int]:
+    """Three positive Python or NumPy integers (not bools), as a tuple of int."""
+    try:
+        values = tuple(desired_volume)
+    except TypeError:
+        values = None
+    if (
+        values is None
+        or isinstance(desired_volume, str | bytes)
+        or len(values) != 3
+        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool | np.bool_) for v in values)
+        or not all(v > 0 for v in values)
+    ):
+        raise ValueError(f"desired_volume must be three positive integers (X, Y, Z), got {desired_volume!r}")
+    return tuple(int(v) for v in values)
+
+
+def _case_folder(path: str) -> str:
+    """Folder name of a case: the file's prefix, which must be a plain folder name."""
+    name = _nifti.prefix(path)
+    if name in ("", ".", "..") or os.sep in name or (os.altsep and os.altsep in name):
+        raise ValueError(f"'{path}' cannot name a case folder: its prefix is {name!r}")
+    return name
+
+
+def _make_folder(folder: str | os.PathLike) -> None:
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise OSError(
+            err.errno, f"cannot create the output folder '{os.fspath(folder)}': {err.strerror}"
+        ) from err

@@ -1,0 +1,130 @@
+"""`resampling_dataset()`: discovery, layouts, validation before work, and failures that do not stop."""
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import write_nifti
+from nidataset import DatasetError
+from nidataset.preprocessing import resampling_dataset
+
+NAMES = ["patient_002", "patient_001", "patient_003"]
+
+
+@pytest.fixture
+def dataset(tmp_path, rng):
+    folder = tmp_path / "scans"
+    for i, name in enumerate(NAMES):
+        shape = (10 + i, 12, 8 + 2 * i)
+        write_nifti(folder / f"{name}.nii.gz", rng.integers(-100, 900, shape).astype(np.int16))
+    (folder / "notes.txt").write_text("not a volume")
+    write_nifti(folder / "legacy.nii", np.zeros((4, 4, 4), np.int16))  # .nii is not processed
+    (folder / "sub.nii.gz").mkdir()  # a folder is not a file
+    write_nifti(folder / "sub.nii.gz" / "nested.nii.gz", np.zeros((4, 4, 4), np.int16))  # not directly inside
+    return folder
+
+
+def files_under(folder):
+    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file())
+
+
+def test_case_mode_layout(dataset, tmp_path):
+    outputs = resampling_dataset(dataset, tmp_path / "out", (6, 6, 4), progress=False)
+    expected = [f"{n}/{n}_resampled.nii.gz" for n in sorted(NAMES)]
+    assert files_under(tmp_path / "out") == expected
+    assert outputs == [str(tmp_path / "out" / e) for e in expected]  # input (name) order
+    assert all(nib.load(p).shape == (6, 6, 4) for p in outputs)
+
+
+def test_folder_mode_layout(dataset, tmp_path):
+    outputs = resampling_dataset(dataset, tmp_path / "out", (6, 6, 4), saving_mode="folder", progress=False)
+    expected = [f"{n}_resampled.nii.gz" for n in sorted(NAMES)]
+    assert files_under(tmp_path / "out") == expected
+    assert outputs == [str(tmp_path / "out" / e) for e in expected]
+
+
+def test_same_values_as_single_file_resampling(dataset, tmp_path):
+    from nidataset import resampling
+
+    [first, *_] = resampling_dataset(
+        dataset, tmp_path / "out", (6, 5, 4), saving_mode="folder", progress=False
+    )
+    single = resampling(dataset / "patient_001.nii.gz", tmp_path / "single", (6, 5, 4))
+    assert Path(first).read_bytes() == Path(single).read_bytes()
+
+
+def test_progress_bar_on_stderr_and_debug_summary_on_stdout(dataset, tmp_path, capsys):
+    resampling_dataset(dataset, tmp_path / "out", (4, 4, 4), debug=True)
+    captured = capsys.readouterr()
+    assert captured.out == f"Resampling completed for all files in '{dataset}'\n"
+    assert "3/3" in captured.err and "file" in captured.err
+
+
+def test_silent_without_debug_and_progress(dataset, tmp_path, capsys):
+    resampling_dataset(dataset, tmp_path / "out", (4, 4, 4), progress=False)
+    assert capsys.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"desired_volume": (4, 4)}, ValueError, "desired_volume must be three positive integers"),
+        ({"desired_volume": (4, 4, 0)}, ValueError, "desired_volume"),
+        ({"saving_mode": "flat"}, ValueError, "saving_mode must be 'case' or 'folder', got 'flat'"),
+        ({"nii_folder": "missing"}, FileNotFoundError, "the dataset folder '.*missing' does not exist"),
+        ({"nii_folder": "empty"}, FileNotFoundError, r"no '\.nii\.gz' files in '.*empty'"),
+        ({"nii_folder": "only_other"}, FileNotFoundError, r"no '\.nii\.gz' files"),
+    ],
+)
+def test_arguments_checked_before_any_work(dataset, tmp_path, kwargs, error, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "only_other").mkdir()
+    (tmp_path / "only_other" / "a.nii").write_bytes(b"")
+    args = {"nii_folder": dataset, "output_path": tmp_path / "out", "desired_volume": (4, 4, 4)}
+    args.update(kwargs)
+    if isinstance(args["nii_folder"], str):
+        args["nii_folder"] = tmp_path / args["nii_folder"]
+    with pytest.raises(error, match=message):
+        resampling_dataset(**args, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("mode", ["case", "folder"])
+def test_failures_do_not_stop_the_others(dataset, tmp_path, mode):
+    (dataset / "patient_0015.nii.gz").write_bytes(b"corrupt")
+    write_nifti(dataset / "patient_4d.nii.gz", np.zeros((4, 4, 4, 2), np.int16))
+    with pytest.raises(DatasetError) as info:
+        resampling_dataset(dataset, tmp_path / "out", (4, 4, 4), saving_mode=mode, progress=False)
+    err = info.value
+    assert isinstance(err, RuntimeError)
+    assert [os.path.basename(p) for p, _ in err.failures] == ["patient_0015.nii.gz", "patient_4d.nii.gz"]
+    message = str(err)
+    assert message.startswith("2 of 5 files failed:")
+    assert "patient_0015.nii.gz' is not a readable NIfTI file" in message
+    assert "patient_4d.nii.gz' is not a 3D volume: its shape is (4, 4, 4, 2)" in message
+    # Every good file was written, including the one after the failures.
+    assert len(err.outputs) == 3 and all(Path(p).is_file() for p in err.outputs)
+    assert sum(name.endswith("_resampled.nii.gz") for name in files_under(tmp_path / "out")) == 3
+
+
+def test_no_completion_message_when_files_failed(dataset, tmp_path, capsys):
+    (dataset / "bad.nii.gz").write_bytes(b"corrupt")
+    with pytest.raises(DatasetError):
+        resampling_dataset(dataset, tmp_path / "out", (4, 4, 4), debug=True, progress=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_a_case_folder_never_escapes_the_output(tmp_path):
+    folder = tmp_path / "scans"
+    write_nifti(folder / "...nii.gz", np.zeros((4, 4, 4), np.int16))  # prefix ".." would be the parent
+    write_nifti(folder / "ok.nii.gz", np.zeros((4, 4, 4), np.int16))
+    out = tmp_path / "deep" / "out"
+    with pytest.raises(DatasetError, match=r"cannot name a case folder: its prefix is '\.\.'"):
+        resampling_dataset(folder, out, (2, 2, 2), progress=False)
+    assert files_under(tmp_path / "deep") == ["out/ok/ok_resampled.nii.gz"]
+    # In folder mode the same file is an ordinary output name inside the output folder.
+    resampling_dataset(folder, out, (2, 2, 2), saving_mode="folder", progress=False)
+    assert (out / ".._resampled.nii.gz").is_file()
