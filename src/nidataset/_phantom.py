@@ -14,7 +14,7 @@ def ct_phantom(
     spacing: Sequence[float] = (0.7, 0.7, 1.25),
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Make a chest-like int16 volume in Hounsfield units: air, body, lungs, spine, vessels, noise.
+    """Make a chest-like int16 volume in Hounsfield units: air, body, lungs, heart, spine, aorta, noise.
 
     Parameters
     ----------
@@ -49,9 +49,9 @@ def ct_phantom(
         (40.0, 0.0, 0.0, 0.85 + jitter[0], 0.65 + jitter[1], 0.0, np.inf),  # body
         (-850.0, -0.38, -0.05, 0.3 + jitter[2], 0.42 + jitter[3], 0.1, 1.1),  # lungs
         (-850.0, 0.38, -0.05, 0.3 + jitter[3], 0.42 + jitter[2], 0.1, 1.1),
-        (900.0, 0.0, 0.45, 0.1, 0.1 + jitter[4], 0.0, np.inf),  # spine
-        (250.0, 0.12, 0.0, 0.07, 0.07, 0.0, np.inf),  # contrast-filled vessel
-        (60.0, -0.1 + jitter[5], -0.15, 0.2, 0.18, 0.0, 0.5),  # heart
+        (60.0, 0.12 + jitter[5], 0.15, 0.22, 0.2, 0.0, 0.5),  # heart (anterior, to the patient's left)
+        (900.0, 0.0, -0.45, 0.1, 0.1 + jitter[4], 0.0, np.inf),  # spine (posterior: RAS y < 0)
+        (250.0, 0.1, -0.28, 0.07, 0.07, 0.0, np.inf),  # contrast-filled aorta
     ]
     data = np.empty(shape, dtype=np.int16, order="F")
     for k, z in enumerate(np.linspace(-1, 1, nz)):
