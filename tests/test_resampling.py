@@ -33,6 +33,12 @@ def test_returns_output_path_and_names_it_after_the_input(scan, tmp_path):
     assert nib.load(out).shape == (3, 3, 3)
 
 
+def test_empty_output_path_is_the_current_folder(scan, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resampling(scan, "", (3, 3, 3)) == "scan_042_resampled.nii.gz"
+    assert (tmp_path / "scan_042_resampled.nii.gz").is_file()
+
+
 def test_top_level_alias_and_pathlike(scan, tmp_path):
     assert nid.resampling is resampling
     out = nid.resampling(Path(scan), tmp_path / "out", (4, 4, 4))

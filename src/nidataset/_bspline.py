@@ -142,7 +142,7 @@ def resize(
             if not finite.any():
                 return _nearest(array, shape).astype(output_dtype or ftype)
             values = _fill_nonfinite(array, bad)
-    lo, hi = _finite_range(values) if clip else (None, None)
+    lo, hi = (values.min(), values.max()) if clip else (None, None)  # values are all finite here
 
     result = values
     for axis in sorted(range(array.ndim), key=lambda a: shape[a] / array.shape[a]):
@@ -166,10 +166,6 @@ def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
         info = np.iinfo(dtype)
         np.clip(values, info.min, info.max, out=values)
     return values.astype(dtype, copy=False)
-
-
-def _finite_range(values: np.ndarray) -> tuple[float, float]:
-    return values.min(), values.max()
 
 
 def _nearest_indices(old_shape: Sequence[int], new_shape: Sequence[int]) -> tuple[np.ndarray, ...]:

@@ -44,7 +44,7 @@ def resampling(
     nii_path : str or os.PathLike
         Input volume, a ``.nii.gz`` file. A 4D file whose extra dimensions are all 1 is read as 3D.
     output_path : str or os.PathLike
-        Folder for the result; created if needed.
+        Folder for the result; created if needed ("" is the current folder).
     desired_volume : sequence of 3 int
         Output size ``(X, Y, Z)`` in voxels: three positive integers (Python or NumPy).
     debug : bool, optional
@@ -230,7 +230,7 @@ def _case_folder(path: str) -> str:
 
 def _make_folder(folder: str | os.PathLike) -> None:
     try:
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(os.fspath(folder) or os.curdir, exist_ok=True)  # "" is the current folder
     except OSError as err:
         raise OSError(
             err.errno, f"cannot create the output folder '{os.fspath(folder)}': {err.strerror}"
