@@ -8,12 +8,15 @@ to a hidden temporary file in the destination folder, which is renamed over the 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import secrets
+import socket
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import nibabel as nib
 import numpy as np
 
 from ._geometry import resized_affine, resized_zooms
@@ -25,6 +28,7 @@ __all__ = [
     "output_name",
     "prefix",
     "read",
+    "remove_stale_temporaries",
     "resized_header",
     "write",
 ]
@@ -33,6 +37,13 @@ __all__ = [
 SUFFIX = ".nii.gz"
 #: gzip level of written files: fast, and still standard gzip (nibabel's own default).
 COMPRESS_LEVEL = 1
+#: Deflate cannot expand data more than 1032-fold, so a file's size bounds what it can hold.
+_MAX_DEFLATE_RATIO = 1033
+#: Bytes decompressed at a time.
+_CHUNK = 1 << 23
+#: Temporary files are named ``.<final name>.<host>.<pid>.<random>.tmp``: hidden, never ending in
+#: ``.nii.gz``, and telling which process on which machine is writing them.
+_HOST = socket.gethostname()
 
 
 class InvalidVolumeError(ValueError):
@@ -74,16 +85,18 @@ def output_name(path: str | os.PathLike) -> str:
 def read(path: str) -> Volume:
     """Read a 3D NIfTI volume; trailing singleton dimensions ``(X, Y, Z, 1, ...)`` are dropped.
 
+    The header is checked before any voxel is read: a header that claims more voxel data than the file
+    holds fails without allocating the array it describes.
+
     Raises
     ------
     InvalidVolumeError
-        If the file cannot be parsed as NIfTI (corrupt, truncated, not NIfTI), is not 3D, or holds a type
-        that cannot be resampled (complex, RGB). The message starts with the file's path.
+        If the file cannot be parsed as NIfTI (corrupt, truncated, not NIfTI), is not 3D, holds a type
+        that cannot be resampled (complex, RGB), or claims more voxels than it holds. The message starts
+        with the file's path.
     """
-    import nibabel as nib
-
     try:
-        image = nib.load(path)
+        image = nib.load(path)  # parses the header only
         if not isinstance(image, nib.Nifti1Image):  # Nifti2Image is a subclass
             raise InvalidVolumeError(f"'{path}' is not a NIfTI image (read as {type(image).__name__})")
         # nibabel moves scl_slope/scl_inter from the header it returns into the data proxy: put them back.
@@ -97,9 +110,12 @@ def read(path: str) -> Volume:
             raise InvalidVolumeError(f"'{path}' is not a 3D volume: its shape is {shape}")
         if dtype.kind not in "iuf":
             raise InvalidVolumeError(
-                f"'{path}' holds {dtype} voxels; only integer and real types can be resampled"
+                f"'{path}' holds {dtype} voxels; only integer and real ones can be resampled"
             )
-        data = np.asanyarray(image.dataobj.get_unscaled()).reshape(shape[:3], order="F")
+        offset = int(image.dataobj.offset)  # the header nibabel returns has vox_offset reset to 0
+        _check_claimed_size(path, offset + math.prod(shape) * dtype.itemsize)
+        data = np.empty(shape[:3], dtype=dtype, order="F")
+        _read_voxels(path, offset, data)
     except InvalidVolumeError:
         raise
     except (FileNotFoundError, PermissionError, IsADirectoryError):
@@ -107,6 +123,51 @@ def read(path: str) -> Volume:
     except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as err:
         raise InvalidVolumeError(f"'{path}' is not a readable NIfTI file: {err}") from err
     return Volume(path=path, data=data, header=header)
+
+
+def _check_claimed_size(path: str, claimed: int) -> None:
+    """Fail unless the gzip file at `path` decompresses to at least `claimed` bytes.
+
+    The file is read only when neither its size nor its gzip trailer settles the question.
+    """
+    compressed = os.path.getsize(path)
+    if claimed > _MAX_DEFLATE_RATIO * compressed + 1024:
+        raise InvalidVolumeError(
+            f"'{path}' is not a readable NIfTI file: its header claims {claimed:,} bytes, more than a "
+            f"{compressed:,}-byte gzip file can hold"
+        )
+    with open(path, "rb") as raw:
+        raw.seek(-4, os.SEEK_END)
+        size_mod_4g = int.from_bytes(raw.read(4), "little")  # ISIZE of the last gzip member
+    if size_mod_4g == claimed % 2**32:
+        return  # the usual single-member file whose length matches its header
+    # Several gzip members, trailing bytes, or a truncated or lying file: count what is there.
+    held = 0
+    buffer = bytearray(_CHUNK)
+    with gzip.open(path, "rb") as stream:
+        while held < claimed and (n := stream.readinto(buffer)):
+            held += n
+    if held < claimed:
+        raise InvalidVolumeError(
+            f"'{path}' is not a readable NIfTI file: its header claims {claimed:,} bytes, "
+            f"the file holds {held:,}"
+        )
+
+
+def _read_voxels(path: str, offset: int, data: np.ndarray) -> None:
+    """Decompress the voxels of `path` straight into `data` (Fortran-ordered), a chunk at a time."""
+    target = memoryview(data.T).cast("B")  # data.T is C-contiguous: its bytes in NIfTI's order
+    with gzip.open(path, "rb") as stream:
+        stream.seek(offset)
+        done = 0
+        while done < len(target):
+            n = stream.readinto(target[done : done + _CHUNK])
+            if not n:
+                raise InvalidVolumeError(
+                    f"'{path}' is not a readable NIfTI file: it ends after {offset + done:,} of "
+                    f"{offset + len(target):,} bytes"
+                )
+            done += n
 
 
 def resized_header(header, shape: Sequence[int]):
@@ -139,7 +200,7 @@ def write(path: str, data: np.ndarray, header) -> None:
     header["vox_offset"] = 0  # nibabel places the data right after the header and extensions
     stored = np.asarray(data, dtype=header.get_data_dtype(), order="F")
     directory, name = os.path.split(path)
-    temp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
+    temp = os.path.join(directory, f".{name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as raw:
@@ -157,3 +218,50 @@ def write(path: str, data: np.ndarray, header) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def remove_stale_temporaries(folder: str) -> int:
+    """Delete the temporary files in `folder` left by writers on this machine that no longer run.
+
+    A writer killed mid-write leaves its hidden temporary file behind (never a partial output). Files of
+    running processes, and of other machines sharing the folder, are left alone. Returns how many
+    were deleted.
+    """
+    if os.name != "posix":
+        return 0
+    removed = 0
+    try:
+        entries = os.scandir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    with entries:
+        for entry in entries:
+            owner = _temporary_owner(entry.name)
+            if owner is not None and owner[0] == _HOST and not _running(owner[1]):
+                try:
+                    os.unlink(entry.path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
+def _temporary_owner(name: str) -> tuple[str, int] | None:
+    """``(host, pid)`` of a temporary file name written by :func:`write`, else None."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return None
+    _, found, tail = name.rpartition(SUFFIX + ".")
+    parts = tail[: -len(".tmp")].rsplit(".", 2)  # host (may hold dots), pid, random
+    if not found or len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

@@ -1,0 +1,112 @@
+"""Hostile and damaged inputs: clear errors naming the file, no large allocation, nothing written outside."""
+
+import gzip
+import os
+import time
+import tracemalloc
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import write_nifti
+from nidataset import InvalidVolumeError, resampling
+
+
+def nifti_bytes(shape, payload, dtype=np.int16):
+    """An uncompressed single-file NIfTI: a header claiming `shape`, followed by `payload` bytes."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(dtype)
+    header.set_data_shape(shape)
+    header["vox_offset"] = 352
+    return header.binaryblock + b"\0" * 4 + payload
+
+
+def peak_allocation(function):
+    tracemalloc.start()
+    try:
+        function()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_header_claiming_petabytes_fails_at_once(tmp_path):
+    path = tmp_path / "huge.nii.gz"
+    path.write_bytes(gzip.compress(nifti_bytes((30_000, 30_000, 30_000), b"\0" * 1000)))
+    start = time.perf_counter()
+    with pytest.raises(
+        InvalidVolumeError, match=r"'.*huge\.nii\.gz' .* claims 54,000,000,000,352 bytes, more than"
+    ):
+        resampling(path, tmp_path / "out", (2, 2, 2))
+    assert time.perf_counter() - start < 2  # no decompression, no allocation: the file size rules it out
+    assert not (tmp_path / "out").exists()
+
+
+def test_plausible_claim_on_a_short_file_fails_before_allocating(tmp_path):
+    # 1 MB of incompressible voxels under a header claiming 500 MB: the size bound cannot rule it out,
+    # the gzip trailer disagrees, so the stream is counted (in a small buffer) before anything is allocated.
+    payload = np.random.default_rng(0).bytes(1 << 20)
+    path = tmp_path / "short.nii.gz"
+    path.write_bytes(gzip.compress(nifti_bytes((500, 500, 1000), payload), compresslevel=1))
+    errors = []
+
+    def attempt():
+        try:
+            resampling(path, tmp_path / "out", (2, 2, 2))
+        except InvalidVolumeError as err:
+            errors.append(err)
+
+    peak = peak_allocation(attempt)
+    [err] = errors
+    assert "short.nii.gz' is not a readable NIfTI file: its header claims 500,000,352 bytes" in str(err)
+    assert "the file holds 1,048,928" in str(err)
+    assert peak < 50e6  # far below the 500 MB the header describes
+
+
+def test_truncated_gzip_stream_named(tmp_path):
+    data = np.random.default_rng(1).integers(0, 1000, (40, 40, 40)).astype(np.int16)
+    whole = gzip.compress(nifti_bytes(data.shape, data.tobytes(order="F")))
+    path = tmp_path / "cut.nii.gz"
+    path.write_bytes(whole[: len(whole) * 2 // 3])
+    with pytest.raises(InvalidVolumeError, match=r"'.*cut\.nii\.gz' is not a readable NIfTI file"):
+        resampling(path, tmp_path / "out", (2, 2, 2))
+
+
+def test_multi_member_gzip_is_read_in_full(tmp_path):
+    # Valid gzip may hold several members (as some tools write); the trailer then gives the last one only.
+    data = np.random.default_rng(2).integers(-500, 500, (20, 18, 16)).astype(np.int16)
+    raw = nifti_bytes(data.shape, data.tobytes(order="F"))
+    path = tmp_path / "members.nii.gz"
+    path.write_bytes(gzip.compress(raw[:5000]) + gzip.compress(raw[5000:]))
+    reference = write_nifti(tmp_path / "single.nii.gz", data, np.eye(4), qform_code=0, sform_code=0)
+    ours = nib.load(resampling(path, tmp_path / "a", (9, 9, 9))).get_fdata()
+    expected = nib.load(resampling(reference, tmp_path / "b", (9, 9, 9))).get_fdata()
+    np.testing.assert_array_equal(ours, expected)
+
+
+def test_trailing_bytes_after_the_voxels_are_ignored(tmp_path):
+    data = np.arange(8 * 7 * 6, dtype=np.float32).reshape(8, 7, 6)
+    path = tmp_path / "trailing.nii.gz"
+    path.write_bytes(gzip.compress(nifti_bytes(data.shape, data.tobytes(order="F") + b"junk", np.float32)))
+    out = nib.load(resampling(path, tmp_path / "out", (8, 7, 6))).get_fdata()
+    np.testing.assert_array_equal(out, data)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_output_folder_without_permission(tmp_path):
+    src = write_nifti(tmp_path / "in.nii.gz", np.zeros((4, 4, 4), np.int16))
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(PermissionError, match=r"'.*locked/out'"):
+        resampling(src, locked / "out", (2, 2, 2))
+    with pytest.raises(PermissionError, match=r"'.*locked'"):
+        resampling(src, locked, (2, 2, 2))  # exists, but cannot be written into
+
+
+def test_output_folder_that_cannot_exist(tmp_path):
+    # Works as root too: nothing can be created under /proc.
+    src = write_nifti(tmp_path / "in.nii.gz", np.zeros((4, 4, 4), np.int16))
+    with pytest.raises(OSError, match=r"cannot create the output folder '/proc/nidataset-test/out'"):
+        resampling(src, "/proc/nidataset-test/out", (2, 2, 2))
