@@ -128,3 +128,28 @@ def test_a_case_folder_never_escapes_the_output(tmp_path):
     # In folder mode the same file is an ordinary output name inside the output folder.
     resampling_dataset(folder, out, (2, 2, 2), saving_mode="folder", progress=False)
     assert (out / ".._resampled.nii.gz").is_file()
+
+
+def test_stale_temporaries_of_dead_writers_on_this_host_are_removed(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    folder = tmp_path / "scans"
+    write_nifti(folder / "ok.nii.gz", np.zeros((4, 4, 4), np.int16))
+    out = tmp_path / "out"
+    (out / "ok").mkdir(parents=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(dead.stdout)  # exited and reaped: no such process any more
+    host = socket.gethostname()
+    stale = out / "ok" / f".ok_resampled.nii.gz.{host}.{dead_pid}.0a1b2c3d.tmp"
+    alive = out / "ok" / f".ok_resampled.nii.gz.{host}.{os.getpid()}.0a1b2c3d.tmp"
+    other_host = out / "ok" / f".ok_resampled.nii.gz.elsewhere.example.org.{dead_pid}.0a1b2c3d.tmp"
+    unrelated = [out / "ok" / ".notes.tmp", out / "ok" / ".x.nii.gz.host.notapid.y.tmp", out / ".cache"]
+    for path in [stale, alive, other_host, *unrelated]:
+        path.write_bytes(b"partial")
+    resampling_dataset(folder, out, (2, 2, 2), progress=False)
+    assert not stale.exists()
+    assert all(p.exists() for p in [alive, other_host, *unrelated])

@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 import numbers
 import os
+import secrets
 from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -122,13 +125,17 @@ def resampling_dataset(
     saving_mode: str = "case",
     debug: bool = False,
     *,
+    workers: int = 1,
+    executor: Executor | None = None,
+    skip_existing: bool = False,
     progress: bool = True,
 ) -> list[str]:
     """Resample every ``.nii.gz`` volume of a folder to `desired_volume` voxels.
 
     Each file directly in `nii_folder` whose name ends in ``.nii.gz`` is resampled as by
-    :func:`resampling`, in name order; other files are ignored. A file that fails does not stop the
-    others: every other file is written, then a :class:`DatasetError` names each failed file and why.
+    :func:`resampling`; other files are ignored. A file that fails does not stop the others: every other
+    file is written, then a :class:`DatasetError` names each failed file and why. The outputs are the same,
+    byte for byte, however the files are run.
 
     Parameters
     ----------
@@ -143,20 +150,32 @@ def resampling_dataset(
         ``"folder"`` writes every ``<PREFIX>_resampled.nii.gz`` directly in `output_path`.
     debug : bool, optional
         Print ``Resampling completed for all files in '<nii_folder>'`` once all files are written.
+    workers : int, optional
+        Number of local processes resampling files at once (each uses one core).
+    executor : concurrent.futures.Executor, optional
+        Run the files on this executor instead, e.g. a ``ProcessPoolExecutor`` or a Dask cluster's
+        ``distributed.Client(address).get_executor()`` (``pip install nidataset[dask]``); its workers
+        must see the same paths. Not together with ``workers > 1``.
+    skip_existing : bool, optional
+        Keep outputs that already exist, untouched, and resample only the others: resumes an interrupted
+        run (outputs only ever appear complete, see :func:`resampling`).
     progress : bool, optional
-        Show a progress bar on stderr.
+        Show a progress bar on stderr; it advances as files finish.
 
     Returns
     -------
     list of str
-        Paths of the written files, in input order.
+        Paths of the written (or kept) files, in input order.
 
     Raises
     ------
     FileNotFoundError
         If `nii_folder` does not exist or holds no ``.nii.gz`` file.
     ValueError
-        If `desired_volume` is not three positive integers or `saving_mode` is not "case" or "folder".
+        If `desired_volume` is not three positive integers, `saving_mode` is not "case" or "folder",
+        `workers` is not a positive integer, or both `workers > 1` and `executor` are given.
+    TypeError
+        If `executor` is not a ``concurrent.futures.Executor``.
     DatasetError
         (a ``RuntimeError``) After all other files are written, if any file failed. Its ``failures``
         lists each failed file with its exception; its ``outputs`` the files written.
@@ -173,23 +192,64 @@ def resampling_dataset(
     >>> outputs = resampling_dataset(folder, os.path.join(folder, "out"), (10, 10, 5), progress=False)
     >>> [os.path.relpath(p, folder) for p in outputs]
     ['out/a/a_resampled.nii.gz', 'out/b/b_resampled.nii.gz']
+
+    Files can run in parallel; on platforms that start processes afresh (``spawn``, ``forkserver``),
+    call this from a script guarded by ``if __name__ == "__main__":``, as for any process pool.
+
+    >>> parallel = os.path.join(folder, "parallel")
+    >>> outputs = resampling_dataset(folder, parallel, (10, 10, 5), workers=2, progress=False)
     """
     shape = _check_desired_volume(desired_volume)
     if saving_mode not in _SAVING_MODES:
         raise ValueError(f"saving_mode must be 'case' or 'folder', got {saving_mode!r}")
+    if not isinstance(workers, numbers.Integral) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if executor is not None:
+        if not isinstance(executor, Executor):
+            raise TypeError(f"executor must be a concurrent.futures.Executor, got {type(executor).__name__}")
+        if workers > 1:
+            raise ValueError("give workers or executor, not both")
     inputs = _runner.list_inputs(nii_folder, _nifti.SUFFIX)
-    root = os.fspath(output_path)
-
-    def job(path: str) -> str:
-        folder = root
-        if saving_mode == "case":
-            folder = os.path.join(root, _case_folder(path))
-        return resampling(path, folder, shape)
-
-    outputs = _runner.run(inputs, job, progress=progress)
+    _remove_stale_temporaries(os.fspath(output_path), inputs, saving_mode)
+    job = _DatasetJob(os.fspath(output_path), saving_mode, shape, bool(skip_existing), secrets.token_hex(8))
+    outputs = _runner.run(inputs, job, workers=int(workers), executor=executor, progress=progress)
     if debug:
         print(f"Resampling completed for all files in '{os.fspath(nii_folder)}'")
     return outputs
+
+
+@dataclass(frozen=True)
+class _DatasetJob:
+    """Resample one file of a dataset into its place; picklable, so that it can run in other processes."""
+
+    root: str
+    saving_mode: str
+    shape: tuple[int, int, int]
+    skip_existing: bool
+    run: str  # differs between runs: Dask would otherwise hand back the result of an identical earlier task
+
+    def __call__(self, path: str) -> str:
+        folder = self.root if self.saving_mode == "folder" else os.path.join(self.root, _case_folder(path))
+        if self.skip_existing:
+            target = os.path.join(folder, _nifti.output_name(path))
+            if os.path.isfile(target):
+                logger.info("kept %s", target)
+                return target
+        return resampling(path, folder, self.shape)
+
+
+def _remove_stale_temporaries(root: str, inputs: Sequence[str], saving_mode: str) -> None:
+    """Clear what killed runs left in the output folders (hidden temporary files only)."""
+    folders = {root}
+    if saving_mode == "case":
+        for path in inputs:
+            try:
+                folders.add(os.path.join(root, _case_folder(path)))
+            except ValueError:
+                pass  # reported when that file runs
+    removed = sum(_nifti.remove_stale_temporaries(folder) for folder in folders)
+    if removed:
+        logger.info("removed %d temporary files left by killed runs under %s", removed, root)
 
 
 def _check_input_file(nii_path: str | os.PathLike) -> str:

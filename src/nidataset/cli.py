@@ -1,0 +1,152 @@
+"""The ``nidataset`` command (also ``python -m nidataset``).
+
+Exit status: 0 when every output is written, 1 when some files failed (each is named on stderr with its
+reason; the others are written), 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+_EXAMPLES = """\
+examples:
+  nidataset resample scans/patient_001.nii.gz resampled/ --size 224 224 128
+  nidataset resample scans/ resampled/ --size 224 224 128 --workers 2
+  nidataset resample scans/ resampled/ --size 128 128 128 --mode folder --skip-existing
+  nidataset resample scans/ resampled/ --size 224 224 128 --scheduler tcp://10.0.0.5:8786
+
+A folder INPUT resamples every *.nii.gz directly inside it. With --mode case (the default for a
+folder) each result goes to OUTPUT/<PREFIX>/<PREFIX>_resampled.nii.gz; with --mode folder (the default
+for a file) to OUTPUT/<PREFIX>_resampled.nii.gz. Outputs appear only when complete, so a run that was
+killed is finished by running it again with --skip-existing.
+
+exit status: 0 all written, 1 some files failed (each named on stderr), 2 usage error
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nidataset",
+        description="Resample 3D NIfTI volumes (.nii.gz) to a fixed array size, keeping the field of view.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    resample = commands.add_parser(
+        "resample",
+        help="resample a .nii.gz file or every .nii.gz in a folder",
+        description="Resample a .nii.gz volume, or every .nii.gz directly in a folder, with cubic B-splines.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    resample.add_argument("input", metavar="INPUT", help="a .nii.gz file or a folder of them")
+    resample.add_argument("output", metavar="OUTPUT", help="folder for the results (created if needed)")
+    resample.add_argument(
+        "--size", nargs=3, type=_positive_int, required=True, metavar=("X", "Y", "Z"), help="output voxels"
+    )
+    resample.add_argument(
+        "--mode", choices=("case", "folder"), help="a folder per volume, or all in OUTPUT (see below)"
+    )
+    resample.add_argument("--workers", type=_positive_int, default=1, metavar="N", help="local processes (1)")
+    resample.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask cluster of this scheduler")
+    resample.add_argument("--skip-existing", action="store_true", help="keep existing outputs; do the rest")
+    resample.add_argument(
+        "--debug", action="store_true", help="print the written path (file) or a completion line (folder)"
+    )
+    resample.set_defaults(command_parser=resample)  # reports usage errors of the command with its own usage
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with `argv` (default: ``sys.argv[1:]``); returns the exit status."""
+    parser = _get_parser()
+    args = parser.parse_args(argv)
+    resample = args.command_parser
+
+    if not os.path.exists(args.input):
+        resample.error(f"INPUT '{args.input}' does not exist")
+    if args.workers > 1 and args.scheduler:
+        resample.error("give --workers or --scheduler, not both")
+    if os.path.isdir(args.input):
+        return _resample_folder(args, resample)
+    return _resample_file(args, resample)
+
+
+def _resample_file(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
+    from . import _nifti
+    from .preprocessing import resampling
+
+    if not args.input.endswith(_nifti.SUFFIX):
+        command.error(f"INPUT must be a folder or a '{_nifti.SUFFIX}' file, got '{args.input}'")
+    folder = args.output
+    if args.mode == "case":
+        folder = os.path.join(folder, _nifti.prefix(args.input))
+    target = os.path.join(folder, _nifti.output_name(args.input))
+    if args.skip_existing and os.path.isfile(target):
+        return EXIT_OK
+    try:
+        resampling(args.input, folder, args.size, debug=args.debug)
+    except (ValueError, OSError) as err:
+        print(f"nidataset: failed: {args.input}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _resample_folder(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
+    from . import _nifti, _runner
+    from .preprocessing import DatasetError, resampling_dataset
+
+    try:
+        _runner.list_inputs(args.input, _nifti.SUFFIX)
+    except FileNotFoundError as err:
+        command.error(str(err))
+    executor = client = None
+    if args.scheduler:
+        try:
+            import distributed
+        except ImportError:
+            command.error("--scheduler needs Dask: pip install 'nidataset[dask]'")
+        try:
+            client = distributed.Client(args.scheduler, timeout="20s")
+        except (OSError, TimeoutError, ValueError) as err:  # unreachable, or not an address
+            command.error(f"cannot connect to the Dask scheduler at '{args.scheduler}': {err}")
+        executor = client.get_executor()
+    try:
+        resampling_dataset(
+            args.input,
+            args.output,
+            args.size,
+            saving_mode=args.mode or "case",
+            debug=args.debug,
+            workers=args.workers,
+            executor=executor,
+            skip_existing=args.skip_existing,
+        )
+    except DatasetError as err:
+        for path, reason in err.failures:
+            print(f"nidataset: failed: {path}: {reason}", file=sys.stderr)
+        total = len(err.failures) + len(err.outputs)
+        print(f"nidataset: {len(err.failures)} of {total} files failed", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as err:  # e.g. an output folder that cannot be created, before any file
+        print(f"nidataset: failed: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if client is not None:
+            client.close()
+    return EXIT_OK

@@ -1,0 +1,279 @@
+"""The ``nidataset`` command: `main([...])` in process; real processes for the console script and kills."""
+
+import gzip
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import write_nifti
+from nidataset import resampling_dataset
+from nidataset._phantom import ct_phantom
+from nidataset.cli import main
+
+
+@pytest.fixture
+def scans(tmp_path, rng):
+    folder = tmp_path / "scans"
+    for name in ("b", "a", "c"):
+        write_nifti(folder / f"{name}.nii.gz", rng.integers(0, 1000, (12, 11, 10)).astype(np.int16))
+    return folder
+
+
+def test_single_file(scans, tmp_path, capsys):
+    assert main(["resample", str(scans / "a.nii.gz"), str(tmp_path / "out"), "--size", "6", "5", "4"]) == 0
+    assert nib.load(tmp_path / "out" / "a_resampled.nii.gz").shape == (6, 5, 4)
+    assert capsys.readouterr().out == ""
+
+
+def test_single_file_case_mode_and_debug(scans, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    argv = ["resample", str(scans / "a.nii.gz"), out, "--size", "6", "5", "4", "--mode", "case", "--debug"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == f"Resampled image saved at: '{out}/a/a_resampled.nii.gz'\n"
+
+
+@pytest.mark.parametrize(
+    ("mode", "layout"), [("case", "{0}/{0}_resampled.nii.gz"), ("folder", "{0}_resampled.nii.gz")]
+)
+def test_folder(scans, tmp_path, capsys, mode, layout):
+    argv = ["resample", str(scans), str(tmp_path / "out"), "--size", "4", "4", "4", "--mode", mode, "--debug"]
+    assert main(argv) == 0
+    for name in "abc":
+        assert (tmp_path / "out" / layout.format(name)).is_file()
+    captured = capsys.readouterr()
+    assert captured.out == f"Resampling completed for all files in '{scans}'\n"
+    assert "3/3" in captured.err  # the progress bar
+
+
+def test_folder_defaults_to_case_mode_and_workers(scans, tmp_path):
+    assert (
+        main(["resample", str(scans), str(tmp_path / "out"), "--size", "4", "4", "4", "--workers", "2"]) == 0
+    )
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a", "b", "c"]
+
+
+def test_some_files_fail_exit_1_each_named(scans, tmp_path, capsys):
+    (scans / "broken.nii.gz").write_bytes(b"not gzip")
+    write_nifti(scans / "flat.nii.gz", np.zeros((5, 5), np.int16))
+    assert (
+        main(["resample", str(scans), str(tmp_path / "out"), "--size", "4", "4", "4", "--mode", "folder"])
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert (
+        f"nidataset: failed: {scans / 'broken.nii.gz'}: '{scans / 'broken.nii.gz'}' is not a readable NIfTI"
+        in err
+    )
+    assert "flat.nii.gz' is not a 3D volume: its shape is (5, 5)" in err
+    assert "nidataset: 2 of 5 files failed" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{n}_resampled.nii.gz" for n in "abc"]
+
+
+def test_single_file_failure_exit_1(tmp_path, capsys):
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"\x1f\x8b garbage")
+    assert main(["resample", str(bad), str(tmp_path / "out"), "--size", "4", "4", "4"]) == 1
+    assert f"nidataset: failed: {bad}: '{bad}' is not a readable NIfTI file" in capsys.readouterr().err
+
+
+def test_output_that_cannot_be_created_exit_1(scans, tmp_path, capsys):
+    (tmp_path / "blocker").write_text("a file in the way")
+    target = tmp_path / "blocker" / "out"
+    assert main(["resample", str(scans), str(target), "--size", "4", "4", "4"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot create the output folder '{target}/a'" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["resample", "{scans}", "{out}", "--size", "4", "4"], "expected 3 arguments"),
+        (["resample", "{scans}", "{out}", "--size", "4", "0", "4"], "expected a positive integer, got '0'"),
+        (["resample", "{scans}", "{out}", "--size", "4", "x", "4"], "expected a positive integer, got 'x'"),
+        (
+            ["resample", "{scans}", "{out}", "--size", "4", "4", "4", "--mode", "flat"],
+            "invalid choice: 'flat'",
+        ),
+        (
+            ["resample", "{scans}", "{out}", "--size", "4", "4", "4", "--workers", "0"],
+            "positive integer, got '0'",
+        ),
+        (["resample", "{scans}/none", "{out}", "--size", "4", "4", "4"], "INPUT '.*none' does not exist"),
+        (
+            ["resample", "{scans}/notes.txt", "{out}", "--size", "4", "4", "4"],
+            r"must be a folder or a '\.nii\.gz' file",
+        ),
+        (["resample", "{empty}", "{out}", "--size", "4", "4", "4"], r"no '\.nii\.gz' files in"),
+        (
+            [
+                "resample",
+                "{scans}",
+                "{out}",
+                "--size",
+                "4",
+                "4",
+                "4",
+                "--workers",
+                "2",
+                "--scheduler",
+                "tcp://x:1",
+            ],
+            "give --workers or --scheduler, not both",
+        ),
+        (
+            ["resample", "{scans}", "{out}", "--size", "4", "4", "4", "--scheduler", "nonsense://x"],
+            "cannot connect",
+        ),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        ([], "required: COMMAND"),
+    ],
+)
+def test_usage_errors_exit_2(scans, tmp_path, capsys, argv, message):
+    (scans / "notes.txt").write_text("hello")
+    (tmp_path / "empty").mkdir()
+    fields = {"scans": scans, "out": tmp_path / "out", "empty": tmp_path / "empty"}
+    with pytest.raises(SystemExit) as info:
+        main([a.format(**fields) for a in argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: nidataset")
+    assert __import__("re").search(message, err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_shows_examples_and_exit_codes(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["resample", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:\n  nidataset resample scans/patient_001.nii.gz resampled/ --size 224 224 128" in out
+    assert "exit status: 0 all written, 1 some files failed" in out
+
+
+def test_skip_existing(scans, tmp_path):
+    out = tmp_path / "out"
+    args = ["resample", str(scans), str(out), "--size", "4", "4", "4", "--mode", "folder"]
+    assert main(args) == 0
+    kept = out / "b_resampled.nii.gz"
+    before = os.stat(kept)
+    (out / "a_resampled.nii.gz").unlink()
+    assert main([*args, "--skip-existing"]) == 0
+    assert (out / "a_resampled.nii.gz").is_file()
+    assert os.stat(kept).st_mtime_ns == before.st_mtime_ns and os.stat(kept).st_ino == before.st_ino
+    single = ["resample", str(scans / "b.nii.gz"), str(out), "--size", "4", "4", "4", "--skip-existing"]
+    assert main(single) == 0 and os.stat(kept).st_ino == before.st_ino
+
+
+def test_dask_scheduler(scans, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+        argv = ["resample", str(scans), str(tmp_path / "dask"), "--size", "5", "5", "5", "--mode", "folder"]
+        assert main([*argv, "--scheduler", cluster.scheduler_address]) == 0
+    assert (
+        main(["resample", str(scans), str(tmp_path / "local"), "--size", "5", "5", "5", "--mode", "folder"])
+        == 0
+    )
+    for name in "abc":
+        file = f"{name}_resampled.nii.gz"
+        assert (tmp_path / "dask" / file).read_bytes() == (tmp_path / "local" / file).read_bytes()
+
+
+def run_command(*args, **kwargs):
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def test_python_m_and_console_script(scans, tmp_path):
+    done = run_command(
+        sys.executable,
+        "-m",
+        "nidataset",
+        "resample",
+        str(scans),
+        str(tmp_path / "m"),
+        "--size",
+        "3",
+        "3",
+        "3",
+    )
+    assert done.returncode == 0, done.stderr
+    script = Path(sys.executable).with_name("nidataset")
+    assert script.is_file()
+    done = run_command(str(script), "resample", "--help")
+    assert done.returncode == 0 and "examples:" in done.stdout
+    done = run_command(str(script), "resample", str(scans), str(tmp_path / "x"), "--size", "0", "1", "1")
+    assert done.returncode == 2 and "positive integer" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def kill_dataset(tmp_path_factory):
+    """Six CT-like scans, and their outputs from an uninterrupted run."""
+    folder = tmp_path_factory.mktemp("kill-scans")
+    for i in range(6):
+        data, affine = ct_phantom((96, 96, 48), seed=i)
+        nib.save(nib.Nifti1Image(data, affine), folder / f"scan_{i}.nii.gz")
+    clean = tmp_path_factory.mktemp("kill-clean")
+    resampling_dataset(folder, clean, (208, 208, 96), saving_mode="folder", progress=False)
+    return folder, clean
+
+
+class TestKill:
+    """SIGKILL a running command at the worst moments, then resume it with --skip-existing."""
+
+    @staticmethod
+    def listing(folder):
+        return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+    @pytest.mark.parametrize("moment", ["first write", "later write"])
+    def test_kill_leaves_only_complete_outputs_and_resume_finishes(self, kill_dataset, tmp_path, moment):
+        scans, clean = kill_dataset
+        out = tmp_path / "out"
+        command = [sys.executable, "-m", "nidataset", "resample", str(scans), str(out)]
+        command += ["--size", "208", "208", "96", "--mode", "folder"]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        try:
+            while True:  # kill the moment a temporary file shows that an output is being written
+                names = self.listing(out)
+                writing = [n for n in names if n.endswith(".tmp")]
+                done = [n for n in names if n.endswith(".nii.gz")]
+                if writing and (moment == "first write" or len(done) >= 2):
+                    break
+                assert process.poll() is None, "the command finished before it could be killed"
+                assert time.monotonic() < deadline
+                time.sleep(0.0005)
+        finally:
+            process.kill()
+            process.wait()
+        assert process.returncode == -9
+
+        names = self.listing(out)
+        complete = [n for n in names if n.endswith(".nii.gz")]
+        assert len(complete) < 6
+        for name in names:  # under final names only complete, readable outputs; the rest hidden
+            if name.endswith(".nii.gz"):
+                assert not name.startswith(".")
+                assert (out / name).read_bytes() == (clean / name).read_bytes()
+                gzip.decompress((out / name).read_bytes())
+                assert nib.load(out / name).get_fdata().shape == (208, 208, 96)
+            else:
+                assert name.startswith(".") and name.endswith(".tmp"), name
+        before = {name: os.stat(out / name) for name in complete}
+
+        resumed = run_command(*command, "--skip-existing")
+        assert resumed.returncode == 0, resumed.stderr
+        assert self.listing(out) == sorted(
+            f"scan_{i}_resampled.nii.gz" for i in range(6)
+        )  # leftovers cleared
+        for name, stat in before.items():
+            assert (os.stat(out / name).st_ino, os.stat(out / name).st_mtime_ns) == (
+                stat.st_ino,
+                stat.st_mtime_ns,
+            )
+        for name in self.listing(out):
+            assert (out / name).read_bytes() == (clean / name).read_bytes()

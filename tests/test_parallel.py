@@ -1,0 +1,131 @@
+"""Datasets on local processes, any Executor, and a real Dask cluster: the same bytes, every failure named."""
+
+import os
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import write_nifti
+from nidataset import DatasetError, resampling_dataset
+
+SIZE = (9, 10, 7)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scans")
+    rng = np.random.default_rng(7)
+    for i in range(5):
+        write_nifti(folder / f"case_{i}.nii.gz", rng.integers(-1000, 2000, (16 + i, 14, 12)).astype(np.int16))
+    return folder
+
+
+def contents(outputs):
+    return [Path(p).read_bytes() for p in outputs]
+
+
+@pytest.fixture(scope="module")
+def serial(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("serial")
+    return out, resampling_dataset(dataset, out, SIZE, progress=False)
+
+
+def relative(outputs, root):
+    return [os.path.relpath(p, root) for p in outputs]
+
+
+def test_workers_give_the_same_bytes_in_input_order(dataset, serial, tmp_path):
+    root, expected = serial
+    outputs = resampling_dataset(dataset, tmp_path, SIZE, workers=2, progress=False)
+    assert relative(outputs, tmp_path) == relative(expected, root)
+    assert contents(outputs) == contents(expected)
+
+
+@pytest.mark.parametrize("kind", [ProcessPoolExecutor, ThreadPoolExecutor])
+def test_any_executor(dataset, serial, tmp_path, kind):
+    root, expected = serial
+    with kind(max_workers=2) as executor:
+        outputs = resampling_dataset(
+            dataset, tmp_path, SIZE, saving_mode="case", executor=executor, progress=False
+        )
+        assert executor.submit(abs, -3).result() == 3  # the caller's executor is left open for the caller
+    assert relative(outputs, tmp_path) == relative(expected, root)
+    assert contents(outputs) == contents(expected)
+
+
+def test_dask_local_cluster_with_two_worker_processes(dataset, serial, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    _, expected = serial
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        assert len(client.scheduler_info()["workers"]) == 2
+        executor = client.get_executor()
+        outputs = resampling_dataset(dataset, tmp_path, SIZE, executor=executor, progress=False)
+        assert contents(outputs) == contents(expected)
+        # A second run on the same executor computes afresh (Dask would hand back the first run's results
+        # for identical tasks): the deleted output is written again.
+        os.remove(outputs[0])
+        resampling_dataset(dataset, tmp_path, SIZE, executor=executor, progress=False)
+        assert Path(outputs[0]).read_bytes() == Path(expected[0]).read_bytes()
+
+
+def test_progress_bar_advances_per_finished_file(dataset, tmp_path, capsys):
+    resampling_dataset(dataset, tmp_path, SIZE, workers=2)
+    err = capsys.readouterr().err
+    assert "5/5" in err and "Resampling" in err
+
+
+def test_failures_in_workers_are_reported_and_the_rest_written(dataset, tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for path in Path(dataset).glob("*.nii.gz"):
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "case_2.nii.gz").write_bytes(b"corrupt")
+    with pytest.raises(DatasetError) as info:
+        resampling_dataset(folder, tmp_path / "out", SIZE, workers=2, progress=False)
+    [(path, err)] = info.value.failures
+    assert path.endswith("case_2.nii.gz") and "is not a readable NIfTI file" in str(err)
+    assert len(info.value.outputs) == 4 and all(Path(p).is_file() for p in info.value.outputs)
+
+
+def test_skip_existing_keeps_complete_outputs_untouched(dataset, serial, tmp_path):
+    _, expected = serial
+    first = resampling_dataset(dataset, tmp_path, SIZE, progress=False)
+    os.remove(first[1])
+    os.remove(first[3])
+    kept = {p: os.stat(p) for p in first if os.path.exists(p)}
+    outputs = resampling_dataset(dataset, tmp_path, SIZE, skip_existing=True, workers=2, progress=False)
+    assert outputs == first
+    for path, before in kept.items():
+        after = os.stat(path)
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert contents(outputs) == contents(expected)
+
+
+def test_without_skip_existing_outputs_are_rewritten(dataset, tmp_path):
+    first = resampling_dataset(dataset, tmp_path, SIZE, saving_mode="folder", progress=False)
+    inode = os.stat(first[0]).st_ino
+    resampling_dataset(dataset, tmp_path, SIZE, saving_mode="folder", progress=False)
+    assert os.stat(first[0]).st_ino != inode  # a new file, renamed into place
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"workers": 0}, ValueError, "workers must be a positive integer, got 0"),
+        ({"workers": 1.5}, ValueError, "workers must be a positive integer, got 1.5"),
+        ({"workers": True}, ValueError, "workers must be a positive integer, got True"),
+        ({"executor": "dask"}, TypeError, "executor must be a concurrent.futures.Executor, got str"),
+        ({"executor": ThreadPoolExecutor(1), "workers": 2}, ValueError, "give workers or executor, not both"),
+    ],
+)
+def test_bad_parallel_arguments(dataset, tmp_path, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        resampling_dataset(dataset, tmp_path / "out", SIZE, **kwargs)
+    assert not (tmp_path / "out").exists()
