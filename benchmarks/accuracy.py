@@ -22,8 +22,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from conftest import sitk_bspline, smooth_volume, write_nifti
 from nidataset import resampling
-from nidataset._bspline import resize
 from nidataset._phantom import ct_phantom
+from nidataset._resize import resize
 
 CASES = {
     "down": ((40, 36, 30), (17, 20, 11)),

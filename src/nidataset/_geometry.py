@@ -1,7 +1,7 @@
 """Voxel-to-world geometry of a resized grid: pure affine arithmetic.
 
 Resizing an axis of ``old`` voxels to ``new`` samples voxel ``i`` at input index ``i * old / new``
-(see :func:`nidataset._bspline.sample_positions`). In world coordinates that is the input affine applied
+(see :func:`nidataset._resize.sample_positions`). In world coordinates that is the input affine applied
 to ``diag(old / new) @ i``, so the new voxel-to-world affine is ``affine @ diag(old / new, 1)``: the first
 voxel's centre (the origin) and the axis directions are kept exactly, also for oblique and sheared
 affines, each column (voxel step) is scaled by ``old / new``, and the field of view ``size * spacing``

@@ -1,7 +1,7 @@
 """Resampling of NIfTI volumes to a fixed array size: the public API.
 
 Each function validates its arguments, then reads, computes and writes; the arithmetic lives in
-``_bspline`` (values) and ``_geometry`` (affines), the file handling in ``_nifti``, and the dataset loop
+``_resize`` (values) and ``_geometry`` (affines), the file handling in ``_nifti``, and the dataset loop
 in ``_runner``.
 """
 
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _nifti, _runner
-from ._bspline import resize
 from ._nifti import InvalidVolumeError
+from ._resize import resize
 from ._runner import DatasetError
 
 __all__ = ["DatasetError", "InvalidVolumeError", "resampling", "resampling_dataset"]

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from conftest import mirror_spline
-from nidataset import _bspline
-from nidataset._bspline import resize, sample_positions
+from nidataset import _resize
+from nidataset._resize import resize, sample_positions
 
 SHAPES = [
     ((20, 17, 9), (7, 30, 9)),  # down, up, unchanged
@@ -42,7 +42,7 @@ def test_coefficients_match_scipy_spline_filter(rng):
     for n in (2, 3, 5, 13, 40, 100):
         x = rng.standard_normal((3, n, 4))
         c = x.copy()
-        _bspline._prefilter(c)
+        _resize._prefilter(c)
         # The prefilter leaves out the gain of 6 that the weights put back.
         expected = ndimage.spline_filter1d(x, order=3, axis=1, mode="mirror")
         np.testing.assert_allclose(6 * c, expected, rtol=0, atol=1e-12)
@@ -50,8 +50,8 @@ def test_coefficients_match_scipy_spline_filter(rng):
 
 def test_blocked_and_transposed_paths_agree_with_scipy(rng, monkeypatch):
     # Tiny blocks force many blocks per pass and the transposed path for short inner runs.
-    monkeypatch.setattr(_bspline, "_BLOCK", 500)
-    monkeypatch.setattr(_bspline, "_MIN_RUN", 8)
+    monkeypatch.setattr(_resize, "_BLOCK", 500)
+    monkeypatch.setattr(_resize, "_MIN_RUN", 8)
     for old, new in [((30, 40, 50), (13, 17, 60)), ((50, 40, 30), (60, 17, 13))]:
         x = rng.standard_normal(old)
         np.testing.assert_allclose(resize(x, new, clip=False), mirror_spline(x, new), atol=1e-12)
@@ -221,3 +221,97 @@ def test_random_shapes_match_scipy(shapes, seed):
     old, new = shapes
     x = np.random.default_rng(seed).standard_normal(old)
     np.testing.assert_allclose(resize(x, new, clip=False), mirror_spline(x, new), rtol=0, atol=1e-11)
+
+
+def scipy_at(x, positions, order, mode):
+    coords = np.meshgrid(*positions, indexing="ij")
+    return ndimage.map_coordinates(np.asarray(x, np.float64), coords, order=order, mode=mode)
+
+
+@pytest.mark.parametrize("align", ["origin", "center"])
+@pytest.mark.parametrize(("old", "new"), SHAPES)
+def test_linear_matches_scipy_with_edges_repeated(old, new, align, rng):
+    x = rng.standard_normal(old)
+    positions = [sample_positions(o, n, align) for o, n in zip(old, new, strict=True)]
+    expected = scipy_at(x, positions, 1, "nearest")  # scipy's "nearest" mode repeats the edge sample
+    np.testing.assert_allclose(resize(x, new, order=1, align=align), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("align", ["origin", "center"])
+def test_nearest_takes_the_nearest_sample_and_keeps_the_type(align, rng):
+    x = rng.integers(0, 50, (7, 6, 5)).astype(np.uint8)
+    new = (3, 13, 5)
+    out = resize(x, new, order=0, align=align)
+    assert out.dtype == np.uint8
+    index = [
+        np.clip(np.floor(sample_positions(o, n, align) + 0.5), 0, o - 1).astype(int)
+        for o, n in zip(x.shape, new, strict=True)
+    ]
+    np.testing.assert_array_equal(out, x[np.ix_(*index)])
+    assert set(np.unique(out)) <= set(np.unique(x))
+
+
+@pytest.mark.parametrize(("old", "new"), SHAPES)
+def test_centred_grid_matches_scipy(old, new, rng):
+    x = rng.standard_normal(old)
+    positions = [sample_positions(o, n, "center") for o, n in zip(old, new, strict=True)]
+    np.testing.assert_allclose(
+        resize(x, new, align="center", clip=False), scipy_at(x, positions, 3, "mirror"), atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("order", [3, 1])
+def test_centred_grid_commutes_with_flipping(order, rng):
+    x = rng.standard_normal((17, 12, 9))
+    new = (7, 30, 4)
+    for axis in range(3):
+        flipped_first = resize(np.flip(x, axis), new, order=order, align="center")
+        flipped_after = np.flip(resize(x, new, order=order, align="center"), axis)
+        np.testing.assert_allclose(flipped_first, flipped_after, rtol=0, atol=1e-12)
+        # The origin-aligned grid is shifted by a fraction of a voxel: it does not commute.
+        shifted = np.flip(resize(x, new, order=order), axis) - resize(np.flip(x, axis), new, order=order)
+        assert np.abs(shifted).max() > 0.1
+
+
+def zone_plate(n, k):
+    grid = np.meshgrid(*[np.arange(n) - (n - 1) / 2] * 3, indexing="ij")
+    return np.cos(k * sum(g**2 for g in grid))
+
+
+def test_antialias_removes_aliasing_of_a_zone_plate():
+    # cos(k r^2) has local frequency k r / pi cycles per voxel: up to 0.5 (no aliasing in the input).
+    n, factor = 96, 4
+    k = 0.5 * np.pi / (np.sqrt(3) * n / 2)
+    x = zone_plate(n, k)
+    new = (n // factor,) * 3
+    nyquist = 0.5 / factor  # of the new grid, in cycles per input voxel
+    pos = np.meshgrid(*[sample_positions(n, n // factor, "center") - (n - 1) / 2] * 3, indexing="ij")
+    above = k * np.sqrt(sum(p**2 for p in pos)) / np.pi > nyquist
+    assert 0.5 < above.mean() < 0.99
+    for order in (3, 1):
+        aliased = np.mean(resize(x, new, order=order, align="center")[above] ** 2)
+        smoothed = np.mean(resize(x, new, order=order, align="center", antialias=True)[above] ** 2)
+        assert aliased > 0.1  # without smoothing, the fine rings fold back at full strength
+        assert smoothed < aliased / 10
+
+
+def test_antialias_uses_scikit_image_sigma(rng):
+    from scipy import ndimage as ndi
+
+    x = rng.standard_normal((40, 30, 8))
+    new = (10, 30, 16)  # shrinks 4x on x, unchanged on y, grows on z: only x is smoothed
+    expected = resize(ndi.gaussian_filter1d(x, 1.5, axis=0, mode="mirror"), new, clip=False)
+    np.testing.assert_allclose(resize(x, new, antialias=True, clip=False), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"order": 2}, r"order must be one of \(0, 1, 3\), got 2"),
+        ({"align": "corner"}, r"align must be one of \('origin', 'center'\), got 'corner'"),
+        ({"order": 0, "antialias": True}, "antialias applies to the bspline and linear"),
+    ],
+)
+def test_bad_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        resize(np.ones((3, 3, 3)), (2, 2, 2), **kwargs)
