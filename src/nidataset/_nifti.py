@@ -7,14 +7,16 @@ to a hidden temporary file in the destination folder, which is renamed over the 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
 import secrets
 import socket
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import nibabel as nib
 import numpy as np
@@ -22,9 +24,11 @@ import numpy as np
 from ._geometry import resized_affine, resized_zooms
 
 __all__ = [
+    "READ_ERRORS",
     "SUFFIX",
     "InvalidVolumeError",
     "Volume",
+    "atomic_file",
     "output_name",
     "prefix",
     "read",
@@ -41,13 +45,16 @@ COMPRESS_LEVEL = 1
 _MAX_DEFLATE_RATIO = 1033
 #: Bytes decompressed at a time.
 _CHUNK = 1 << 23
-#: Temporary files are named ``.<final name>.<host>.<pid>.<random>.tmp``: hidden, never ending in
-#: ``.nii.gz``, and telling which process on which machine is writing them.
+#: This machine's name, in the names of temporary files (see :func:`atomic_file`).
 _HOST = socket.gethostname()
 
 
 class InvalidVolumeError(ValueError):
     """A file that is not a readable 3D NIfTI volume of a supported type."""
+
+
+#: What reading a damaged or foreign file raises (beyond missing files and permissions).
+READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
 
 
 @dataclass(frozen=True)
@@ -120,7 +127,7 @@ def read(path: str) -> Volume:
         raise
     except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise
-    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as err:
+    except READ_ERRORS as err:
         raise InvalidVolumeError(f"'{path}' is not a readable NIfTI file: {err}") from err
     return Volume(path=path, data=data, header=header)
 
@@ -170,12 +177,13 @@ def _read_voxels(path: str, offset: int, data: np.ndarray) -> None:
             done += n
 
 
-def resized_header(header, shape: Sequence[int]):
+def resized_header(header, shape: Sequence[int], align: str = "origin"):
     """Copy of a NIfTI `header` describing the same field of view on a grid of `shape`.
 
-    Both the sform and the qform become ``affine @ diag(old / new, 1)`` of the input's (a form whose
-    code is 0 is derived from nibabel's best affine), their codes are kept, and so are the units, the
-    data type, ``scl_slope``/``scl_inter`` and the extensions. The voxel spacing is scaled by old / new.
+    Both the sform and the qform become the input's resized as :func:`_geometry.resized_affine` says (a
+    form whose code is 0 is derived from nibabel's best affine), their codes are kept, and so are the
+    units, the data type, ``scl_slope``/``scl_inter`` and the extensions. The voxel spacing is scaled by
+    old / new.
     """
     old = tuple(int(n) for n in header.get_data_shape()[:3])
     best = header.get_best_affine()
@@ -184,8 +192,8 @@ def resized_header(header, shape: Sequence[int]):
     zooms = resized_zooms(header.get_zooms()[:3], old, shape)
     new = header.copy()
     new.set_data_shape(tuple(shape))
-    new.set_sform(resized_affine(sform if scode else best, old, shape), code=scode)
-    new.set_qform(resized_affine(qform if qcode else best, old, shape), code=qcode)
+    new.set_sform(resized_affine(sform if scode else best, old, shape, align), code=scode)
+    new.set_qform(resized_affine(qform if qcode else best, old, shape, align), code=qcode)
     new.set_zooms(zooms)
     return new
 
@@ -199,16 +207,25 @@ def write(path: str, data: np.ndarray, header) -> None:
     header.set_data_shape(data.shape)
     header["vox_offset"] = 0  # nibabel places the data right after the header and extensions
     stored = np.asarray(data, dtype=header.get_data_dtype(), order="F")
+    with atomic_file(path) as raw:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=COMPRESS_LEVEL, mtime=0) as gz:
+            header.write_to(gz)
+            gz.write(stored.T)  # Fortran-ordered voxels, as NIfTI stores them
+
+
+@contextlib.contextmanager
+def atomic_file(path: str) -> Iterator[BinaryIO]:
+    """Open a hidden temporary file beside `path` for writing; rename it to `path` once complete.
+
+    The temporary file is named ``.<name>.<host>.<pid>.<random>.tmp``: hidden, never ending in ``.nii.gz``,
+    and telling which process on which machine writes it. If the block fails it is deleted.
+    """
     directory, name = os.path.split(path)
     temp = os.path.join(directory, f".{name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as raw:
-            with gzip.GzipFile(
-                filename="", mode="wb", fileobj=raw, compresslevel=COMPRESS_LEVEL, mtime=0
-            ) as gz:
-                header.write_to(gz)
-                gz.write(stored.T)  # Fortran-ordered voxels, as NIfTI stores them
+            yield raw
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(temp, path)
@@ -236,8 +253,7 @@ def remove_stale_temporaries(folder: str) -> int:
         return 0
     with entries:
         for entry in entries:
-            owner = _temporary_owner(entry.name)
-            if owner is not None and owner[0] == _HOST and not _running(owner[1]):
+            if _orphaned(entry.name):
                 try:
                     os.unlink(entry.path)
                     removed += 1
@@ -246,15 +262,15 @@ def remove_stale_temporaries(folder: str) -> int:
     return removed
 
 
-def _temporary_owner(name: str) -> tuple[str, int] | None:
-    """``(host, pid)`` of a temporary file name written by :func:`write`, else None."""
+def _orphaned(name: str) -> bool:
+    """Whether `name` is a temporary file of :func:`atomic_file` left by a dead process of this machine."""
     if not (name.startswith(".") and name.endswith(".tmp")):
-        return None
-    _, found, tail = name.rpartition(SUFFIX + ".")
-    parts = tail[: -len(".tmp")].rsplit(".", 2)  # host (may hold dots), pid, random
-    if not found or len(parts) != 3 or not parts[1].isdigit():
-        return None
-    return parts[0], int(parts[1])
+        return False
+    parts = name[: -len(".tmp")].rsplit(".", 2)  # ".<name>.<host>", pid, random
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    head, pid = parts[0], int(parts[1])
+    return head.endswith("." + _HOST) and len(head) > len(_HOST) + 2 and not _running(pid)
 
 
 def _running(pid: int) -> bool:

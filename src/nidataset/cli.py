@@ -21,6 +21,8 @@ examples:
   nidataset resample scans/ resampled/ --size 224 224 128 --workers 2
   nidataset resample scans/ resampled/ --size 128 128 128 --mode folder --skip-existing
   nidataset resample scans/ resampled/ --size 224 224 128 --scheduler tcp://10.0.0.5:8786
+  nidataset resample masks/ resampled/ --size 224 224 128 --interpolation label --align center
+  nidataset resample scans/ small/ --size 64 64 32 --antialias --preview
 
 A folder INPUT resamples every *.nii.gz directly inside it. With --mode case (the default for a
 folder) each result goes to OUTPUT/<PREFIX>/<PREFIX>_resampled.nii.gz; with --mode folder (the default
@@ -66,9 +68,40 @@ def _get_parser() -> argparse.ArgumentParser:
     resample.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask cluster of this scheduler")
     resample.add_argument("--skip-existing", action="store_true", help="keep existing outputs; do the rest")
     resample.add_argument(
+        "--interpolation",
+        choices=("bspline", "linear", "nearest", "label"),
+        default="bspline",
+        help="bspline (default), linear, nearest, or label for segmentation masks",
+    )
+    resample.add_argument(
+        "--antialias", action="store_true", help="smooth shrinking axes first (no aliasing)"
+    )
+    resample.add_argument(
+        "--align",
+        choices=("origin", "center"),
+        default="origin",
+        help="keep the first voxel (default) or centre",
+    )
+    resample.add_argument(
+        "--preview", action="store_true", help="also write <PREFIX>_preview.png beside each output"
+    )
+    resample.add_argument(
         "--debug", action="store_true", help="print the written path (file) or a completion line (folder)"
     )
     resample.set_defaults(command_parser=resample)  # reports usage errors of the command with its own usage
+
+    preview = commands.add_parser(
+        "preview",
+        help="draw the mid-planes of a volume and of its resampled version side by side",
+        description="Write a PNG with the axial, coronal and sagittal mid-planes of both volumes, "
+        "at their physical aspect ratio, titled with shape and spacing (needs matplotlib).",
+        epilog="example:\n  nidataset preview scans/ct.nii.gz resampled/ct_resampled.nii.gz -o ct.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    preview.add_argument("original", metavar="ORIGINAL", help="the input volume (.nii.gz)")
+    preview.add_argument("resampled", metavar="RESAMPLED", help="its resampled version (.nii.gz)")
+    preview.add_argument("-o", "--output", required=True, metavar="PICTURE.png", help="the PNG to write")
+    preview.set_defaults(command_parser=preview)
     return parser
 
 
@@ -76,15 +109,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with `argv` (default: ``sys.argv[1:]``); returns the exit status."""
     parser = _get_parser()
     args = parser.parse_args(argv)
-    resample = args.command_parser
+    command = args.command_parser
+    if args.command == "preview":
+        return _preview(args, command)
 
     if not os.path.exists(args.input):
-        resample.error(f"INPUT '{args.input}' does not exist")
+        command.error(f"INPUT '{args.input}' does not exist")
     if args.workers > 1 and args.scheduler:
-        resample.error("give --workers or --scheduler, not both")
+        command.error("give --workers or --scheduler, not both")
+    if args.antialias and args.interpolation in ("nearest", "label"):
+        command.error(
+            f"--antialias applies to the bspline and linear interpolations, not to {args.interpolation}"
+        )
+    if args.preview:
+        _need_matplotlib(command, "--preview")
     if os.path.isdir(args.input):
-        return _resample_folder(args, resample)
-    return _resample_file(args, resample)
+        return _resample_folder(args, command)
+    return _resample_file(args, command)
+
+
+def _options(args: argparse.Namespace) -> dict:
+    """Collect the keyword options of resampling() given on the command line."""
+    return {
+        "interpolation": args.interpolation,
+        "antialias": args.antialias,
+        "align": args.align,
+        "preview": args.preview,
+    }
+
+
+def _need_matplotlib(command: argparse.ArgumentParser, what: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        command.error(f"{what} needs matplotlib: pip install 'nidataset[preview]'")
+
+
+def _preview(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
+    for path in (args.original, args.resampled):
+        if not os.path.isfile(path):
+            command.error(f"'{path}' does not exist")
+    _need_matplotlib(command, "preview")
+    from ._preview import write_preview
+
+    try:
+        write_preview(args.original, args.resampled, args.output)
+    except (ValueError, OSError) as err:
+        print(f"nidataset: failed: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _resample_file(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
@@ -100,7 +173,7 @@ def _resample_file(args: argparse.Namespace, command: argparse.ArgumentParser) -
     if args.skip_existing and os.path.isfile(target):
         return EXIT_OK
     try:
-        resampling(args.input, folder, args.size, debug=args.debug)
+        resampling(args.input, folder, args.size, debug=args.debug, **_options(args))
     except (ValueError, OSError) as err:
         print(f"nidataset: failed: {args.input}: {err}", file=sys.stderr)
         return EXIT_FAILED
@@ -136,6 +209,7 @@ def _resample_folder(args: argparse.Namespace, command: argparse.ArgumentParser)
             workers=args.workers,
             executor=executor,
             skip_existing=args.skip_existing,
+            **_options(args),
         )
     except DatasetError as err:
         for path, reason in err.failures:

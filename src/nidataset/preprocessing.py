@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _nifti, _runner
+from ._labels import resize_labels
 from ._nifti import InvalidVolumeError
-from ._resize import resize
+from ._resize import ALIGNS, resize
 from ._runner import DatasetError
 
 __all__ = ["DatasetError", "InvalidVolumeError", "resampling", "resampling_dataset"]
@@ -27,6 +28,8 @@ __all__ = ["DatasetError", "InvalidVolumeError", "resampling", "resampling_datas
 logger = logging.getLogger(__name__)
 
 _SAVING_MODES = ("case", "folder")
+#: Interpolation names and their spline orders ("label" has its own algorithm, on linear interpolation).
+_INTERPOLATIONS = {"bspline": 3, "linear": 1, "nearest": 0, "label": None}
 
 
 def resampling(
@@ -34,6 +37,11 @@ def resampling(
     output_path: str | os.PathLike,
     desired_volume: Sequence[int],
     debug: bool = False,
+    *,
+    interpolation: str = "bspline",
+    antialias: bool = False,
+    align: str = "origin",
+    preview: bool = False,
 ) -> str:
     """Resample a 3D NIfTI volume to `desired_volume` voxels, keeping its field of view.
 
@@ -52,6 +60,22 @@ def resampling(
         Output size ``(X, Y, Z)`` in voxels: three positive integers (Python or NumPy).
     debug : bool, optional
         Print ``Resampled image saved at: '<path>'`` once the file is written.
+    interpolation : {"bspline", "linear", "nearest", "label"}, optional
+        Cubic B-spline (the default); linear; the nearest voxel's value; or, for segmentation masks,
+        ``"label"``: each voxel takes the label whose one-hot map, interpolated linearly, is largest there
+        (as nnU-Net does), so shapes are followed better than by ``"nearest"`` and only labels present in
+        the input appear.
+    antialias : bool, optional
+        Before interpolating, smooth each axis that shrinks with a Gaussian of standard deviation
+        ``(old_size / new_size - 1) / 2`` voxels (scikit-image's rule), so that detail finer than the new
+        voxels does not fold back as false patterns. For "bspline" and "linear" only.
+    align : {"origin", "center"}, optional
+        ``"origin"`` (the default) keeps the first voxel's centre; ``"center"`` centres the new grid on the
+        old one (the outer voxel edges stay in place), so that resampling commutes with flipping; the
+        origin in the header moves accordingly.
+    preview : bool, optional
+        Also write ``<PREFIX>_preview.png`` beside the output: the mid-planes of both volumes (needs
+        matplotlib, ``pip install 'nidataset[preview]'``).
 
     Returns
     -------
@@ -63,7 +87,8 @@ def resampling(
     FileNotFoundError
         If `nii_path` does not exist.
     ValueError
-        If `nii_path` does not end in ``.nii.gz`` or `desired_volume` is not three positive integers.
+        If `nii_path` does not end in ``.nii.gz``, `desired_volume` is not three positive integers, or an
+        option is not one of its choices (or `antialias` is asked with "nearest" or "label").
     InvalidVolumeError
         (a ``ValueError``) If the file is not a readable 3D NIfTI volume of integer or real values;
         the message names the file.
@@ -77,7 +102,8 @@ def resampling(
     *Geometry.* The output affine is ``affine @ diag(old_size / new_size, 1)``: output voxel ``i`` lies
     at input voxel ``i * old_size / new_size``. Origin and direction are kept exactly (also for oblique and
     sheared affines); the sform and the qform are both updated this way and keep their codes, as do the
-    units and the header's other fields.
+    units and the header's other fields. With ``align="center"`` voxel ``i`` lies at
+    ``(i + 0.5) * old_size / new_size - 0.5`` instead, and the origin moves there.
 
     *Values.* Cubic B-spline interpolation (order 3, interpolating) with a mirror boundary: the values
     SimpleITK's ``Resample(..., sitkBSpline, origin, new_spacing, direction)`` computes, evaluated the same
@@ -103,16 +129,33 @@ def resampling(
     >>> image = nib.load(out)
     >>> image.shape, [float(z) for z in image.header.get_zooms()], image.get_data_dtype().name
     ((32, 32, 16), [1.0, 1.0, 5.0], 'int16')
+
+    A segmentation mask, on a grid centred on the scan's:
+
+    >>> mask = os.path.join(folder, "mask.nii.gz")
+    >>> organs = np.zeros((64, 64, 40), np.uint8)
+    >>> organs[10:30, 20:40, 5:25], organs[40:50, 30:60, 10:30] = 1, 7
+    >>> nib.save(nib.Nifti1Image(organs, np.diag([0.5, 0.5, 2.0, 1])), mask)
+    >>> masks = os.path.join(folder, "masks")
+    >>> out = resampling(mask, masks, (32, 32, 16), interpolation="label", align="center")
+    >>> sorted(np.unique(np.asanyarray(nib.load(out).dataobj)).tolist())
+    [0, 1, 7]
     """
     path = _check_input_file(nii_path)
     shape = _check_desired_volume(desired_volume)
-    target = os.path.join(os.fspath(output_path), _nifti.output_name(path))
+    options = _check_options(interpolation, antialias, align)
+    folder = os.fspath(output_path)
+    target = os.path.join(folder, _nifti.output_name(path))
     volume = _nifti.read(path)
-    data = resize(volume.data, shape, clip=True, output_dtype=volume.data.dtype)
-    header = _nifti.resized_header(volume.header, shape)
-    _make_folder(output_path)
+    data = _compute(volume.data, shape, **options)
+    header = _nifti.resized_header(volume.header, shape, align=align)
+    _make_folder(folder)
     _nifti.write(target, data, header)
     logger.info("resampled %s %s -> %s %s", path, volume.data.shape, target, shape)
+    if preview:
+        from ._preview import preview_name, write_preview  # matplotlib: only when a preview is asked for
+
+        write_preview(path, target, os.path.join(folder, preview_name(path)))
     if debug:
         print(f"Resampled image saved at: '{target}'")
     return target
@@ -125,6 +168,10 @@ def resampling_dataset(
     saving_mode: str = "case",
     debug: bool = False,
     *,
+    interpolation: str = "bspline",
+    antialias: bool = False,
+    align: str = "origin",
+    preview: bool = False,
     workers: int = 1,
     executor: Executor | None = None,
     skip_existing: bool = False,
@@ -150,6 +197,8 @@ def resampling_dataset(
         ``"folder"`` writes every ``<PREFIX>_resampled.nii.gz`` directly in `output_path`.
     debug : bool, optional
         Print ``Resampling completed for all files in '<nii_folder>'`` once all files are written.
+    interpolation, antialias, align, preview
+        As for :func:`resampling`.
     workers : int, optional
         Number of local processes resampling files at once (each uses one core).
     executor : concurrent.futures.Executor, optional
@@ -172,8 +221,9 @@ def resampling_dataset(
     FileNotFoundError
         If `nii_folder` does not exist or holds no ``.nii.gz`` file.
     ValueError
-        If `desired_volume` is not three positive integers, `saving_mode` is not "case" or "folder",
-        `workers` is not a positive integer, or both `workers > 1` and `executor` are given.
+        If `desired_volume` is not three positive integers, `saving_mode` is not "case" or "folder", an
+        option is not one of its choices, `workers` is not a positive integer, or both `workers > 1` and
+        `executor` are given.
     TypeError
         If `executor` is not a ``concurrent.futures.Executor``.
     DatasetError
@@ -200,6 +250,7 @@ def resampling_dataset(
     >>> outputs = resampling_dataset(folder, parallel, (10, 10, 5), workers=2, progress=False)
     """
     shape = _check_desired_volume(desired_volume)
+    _check_options(interpolation, antialias, align)
     if saving_mode not in _SAVING_MODES:
         raise ValueError(f"saving_mode must be 'case' or 'folder', got {saving_mode!r}")
     if not isinstance(workers, numbers.Integral) or isinstance(workers, bool) or workers < 1:
@@ -211,7 +262,10 @@ def resampling_dataset(
             raise ValueError("give workers or executor, not both")
     inputs = _runner.list_inputs(nii_folder, _nifti.SUFFIX)
     _remove_stale_temporaries(os.fspath(output_path), inputs, saving_mode)
-    job = _DatasetJob(os.fspath(output_path), saving_mode, shape, bool(skip_existing), secrets.token_hex(8))
+    options = {"interpolation": interpolation, "antialias": antialias, "align": align, "preview": preview}
+    job = _DatasetJob(
+        os.fspath(output_path), saving_mode, shape, options, bool(skip_existing), secrets.token_hex(8)
+    )
     outputs = _runner.run(inputs, job, workers=int(workers), executor=executor, progress=progress)
     if debug:
         print(f"Resampling completed for all files in '{os.fspath(nii_folder)}'")
@@ -225,6 +279,7 @@ class _DatasetJob:
     root: str
     saving_mode: str
     shape: tuple[int, int, int]
+    options: dict  # keyword options of resampling()
     skip_existing: bool
     run: str  # differs between runs: Dask would otherwise hand back the result of an identical earlier task
 
@@ -235,7 +290,7 @@ class _DatasetJob:
             if os.path.isfile(target):
                 logger.info("kept %s", target)
                 return target
-        return resampling(path, folder, self.shape)
+        return resampling(path, folder, self.shape, **self.options)
 
 
 def _remove_stale_temporaries(root: str, inputs: Sequence[str], saving_mode: str) -> None:
@@ -250,6 +305,29 @@ def _remove_stale_temporaries(root: str, inputs: Sequence[str], saving_mode: str
     removed = sum(_nifti.remove_stale_temporaries(folder) for folder in folders)
     if removed:
         logger.info("removed %d temporary files left by killed runs under %s", removed, root)
+
+
+def _check_options(interpolation: str, antialias: bool, align: str) -> dict:
+    """Check the keyword options of resampling(); return them as the engine takes them."""
+    if interpolation not in _INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {tuple(_INTERPOLATIONS)}, got {interpolation!r}")
+    if align not in ALIGNS:
+        raise ValueError(f"align must be one of {ALIGNS}, got {align!r}")
+    if not isinstance(antialias, bool | np.bool_):
+        raise ValueError(f"antialias must be True or False, got {antialias!r}")
+    if antialias and interpolation in ("nearest", "label"):
+        raise ValueError(
+            f"antialias applies to the bspline and linear interpolations, not to {interpolation!r}"
+        )
+    return {"interpolation": interpolation, "antialias": bool(antialias), "align": align}
+
+
+def _compute(data: np.ndarray, shape: tuple[int, int, int], interpolation: str, antialias: bool, align: str):
+    """Resample stored values; the result keeps the input's type."""
+    if interpolation == "label":
+        return resize_labels(data, shape, align=align)
+    order = _INTERPOLATIONS[interpolation]
+    return resize(data, shape, order=order, align=align, antialias=antialias, output_dtype=data.dtype)
 
 
 def _check_input_file(nii_path: str | os.PathLike) -> str:
