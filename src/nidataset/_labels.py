@@ -122,5 +122,8 @@ def _labels_counts_and_boxes(labels: np.ndarray):
     else:  # float labels, or integers spread over a huge range: sort
         values, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
         rank = inverse.reshape(labels.shape) + 1
-    boxes = ndimage.find_objects(rank, max_label=len(values))
+    if not rank.flags.c_contiguous and rank.flags.f_contiguous:  # NIfTI's order: scan it in memory order
+        boxes = [box and box[::-1] for box in ndimage.find_objects(rank.T, max_label=len(values))]
+    else:
+        boxes = ndimage.find_objects(rank, max_label=len(values))
     return values, counts, boxes
