@@ -140,6 +140,13 @@ def resampling(
     >>> out = resampling(mask, masks, (32, 32, 16), interpolation="label", align="center")
     >>> sorted(np.unique(np.asanyarray(nib.load(out).dataobj)).tolist())
     [0, 1, 7]
+
+    Shrunk 8-fold, smoothed first so that fine detail does not alias, with a picture to check by eye:
+
+    >>> small = os.path.join(folder, "small")
+    >>> out = resampling(scan, small, (8, 8, 5), interpolation="linear", antialias=True, preview=True)
+    >>> sorted(os.listdir(small))
+    ['scan_preview.png', 'scan_resampled.nii.gz']
     """
     path = _check_input_file(nii_path)
     shape = _check_desired_volume(desired_volume)
