@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from conftest import sitk_bspline, smooth_volume, write_nifti
+from conftest import sitk_resample, smooth_volume, write_nifti
 from nidataset import resampling
 from nidataset._phantom import ct_phantom
 from nidataset._resize import resize
@@ -51,7 +51,7 @@ def part1(folder, cases):
         for case, (old, new) in cases.items():
             data = smooth_volume(old, rng, dtype, low, high)
             src = write_nifti(os.path.join(folder, f"{dtype}-{case}.nii.gz"), data)
-            expected, valid = sitk_bspline(src, new)
+            expected, valid = sitk_resample(src, new)
             span = float(data.max()) - float(data.min())
             engine = resize(np.asanyarray(nib.load(src).dataobj), new, clip=False)
             written = np.asanyarray(nib.load(resampling(src, os.path.join(folder, "out"), new)).dataobj)
@@ -86,7 +86,7 @@ def part2(folder):
         code = "from nidataset.preprocessing import resampling\n"
         code += f"print(resampling({src!r}, {out_dir!r}, {new!r}))"
         theirs = np.asanyarray(nib.load(run_reference(python, code).strip()).dataobj).astype(np.int64)
-        expected, valid = sitk_bspline(src, new)
+        expected, valid = sitk_resample(src, new)
         expected = np.clip(expected, data.min(), data.max())
         diff = ours - theirs
         ours_v, theirs_v, expected_v = ours[valid], theirs[valid], expected[valid]

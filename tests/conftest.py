@@ -54,14 +54,14 @@ def smooth_volume(shape, rng, dtype=np.float64, low=0.0, high=1000.0):
     return values.astype(dtype)
 
 
-def sitk_bspline(path, shape):
-    """SimpleITK's float64 B-spline resample of `path` onto the same-origin grid of `shape`, as the
-    reference does it, and the mask of samples where its value is defined.
+def sitk_resample(path, shape, interpolator="sitkBSpline"):
+    """SimpleITK's float64 resample of `path` onto the same-origin grid of `shape`, as the reference
+    does it (B-spline unless another interpolator is named), and the mask of samples where it is defined.
 
-    Returns ``(values, valid)`` indexed ``[x, y, z]``. A sample is *valid* where SimpleITK evaluates the
-    spline: its continuous index ``i * N / n`` lies inside ``[-0.5, N - 0.5)`` on every axis (outside,
-    SimpleITK returns the default value 0), and, on an axis of 2 voxels, not in ``[1, 1.5)``: there ITK
-    mirrors the index 3 only once (to -1, see ``BSplineInterpolateImageFunction::
+    Returns ``(values, valid)`` indexed ``[x, y, z]``. A sample is *valid* where SimpleITK interpolates:
+    its continuous index ``i * N / n`` lies inside ``[-0.5, N - 0.5)`` on every axis (outside, SimpleITK
+    returns the default value 0), and, for the B-spline on an axis of 2 voxels, not in ``[1, 1.5)``: there
+    ITK mirrors the index 3 only once (to -1, see ``BSplineInterpolateImageFunction::
     ApplyMirrorBoundaryConditions``) and reads a coefficient outside its buffer.
     """
     import SimpleITK as sitk
@@ -73,7 +73,7 @@ def sitk_bspline(path, shape):
         image,
         [int(n) for n in shape],
         sitk.Transform(),
-        sitk.sitkBSpline,
+        getattr(sitk, interpolator),
         image.GetOrigin(),
         spacing.tolist(),
         image.GetDirection(),
@@ -85,7 +85,7 @@ def sitk_bspline(path, shape):
     for axis, (old, new) in enumerate(zip(size, shape, strict=True)):
         position = np.arange(new) * old / new
         ok = position < old - 0.5 - 1e-9  # at exactly N - 0.5 rounding decides: leave it out
-        if old == 2:
+        if old == 2 and interpolator == "sitkBSpline":
             ok &= ~((position >= 1) & (position < 1.5))
         index = [np.newaxis] * 3
         index[axis] = slice(None)

@@ -1,7 +1,7 @@
 """Voxel values of `resampling` against SimpleITK's float64 B-spline resample (the reference's engine).
 
 Tolerance: 1e-4 of the input's intensity range, wherever SimpleITK evaluates the spline (see
-``conftest.sitk_bspline``); elsewhere against scipy's mirror-boundary spline, which defines the same
+``conftest.sitk_resample``); elsewhere against scipy's mirror-boundary spline, which defines the same
 spline everywhere. Integer outputs are SimpleITK's value clipped and rounded to nearest.
 """
 
@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import mirror_spline, sitk_bspline, smooth_volume, write_nifti
+from conftest import mirror_spline, sitk_resample, smooth_volume, write_nifti
 from nidataset import resampling
 
 CASES = {
@@ -45,7 +45,7 @@ def test_values_match_simpleitk(tmp_path, rng, dtype, case):
     out = np.asanyarray(image.dataobj)
     assert image.get_data_dtype() == dtype and out.shape == new
 
-    expected, valid = sitk_bspline(src, new)
+    expected, valid = sitk_resample(src, new)
     lo, hi = float(data.min()), float(data.max())
     tol = 1e-4 * (hi - lo)
     expected = np.clip(expected, lo, hi)
@@ -66,7 +66,7 @@ def test_simpleitk_comparison_covers_the_volume(tmp_path, rng):
     # Guard against a vacuous oracle: for a downsampling case SimpleITK defines every sample.
     old, new = CASES["down"]
     src = write_nifti(tmp_path / "in.nii.gz", smooth_volume(old, rng, np.int16, 0, 1000))
-    _, valid = sitk_bspline(src, new)
+    _, valid = sitk_resample(src, new)
     assert valid.all()
 
 
@@ -77,7 +77,7 @@ def test_no_zero_filled_last_slices_when_upsampling(tmp_path, rng, factor):
     data = smooth_volume(old, rng, np.int16, 500, 1500)  # no zeros anywhere in the input
     src, image = resample_file(tmp_path, data, new)
     out = np.asanyarray(image.dataobj)
-    _, valid = sitk_bspline(src, new)
+    _, valid = sitk_resample(src, new)
     assert not valid.all()  # SimpleITK (and so nidataset 0.9.1) leaves the last slices undefined: 0
     assert out.min() >= 500  # here they are the spline's values, within the input range
     np.testing.assert_allclose(out, np.clip(mirror_spline(data, new), 500, 1500), atol=0.5 + 0.1)
@@ -91,7 +91,7 @@ def test_scaled_integers_resampled_in_world_values(tmp_path, rng):
     assert image.get_data_dtype() == np.int16
     assert (image.dataobj.slope, image.dataobj.inter) == (0.5, -1024.0)
     world = image.get_fdata()
-    expected, valid = sitk_bspline(src, new)  # SimpleITK applies the scaling when reading
+    expected, valid = sitk_resample(src, new)  # SimpleITK applies the scaling when reading
     lo, hi = 0.5 * stored.min() - 1024, 0.5 * stored.max() - 1024
     tol = 1e-4 * (hi - lo)
     # Read back within half a stored unit (0.5 * slope) of the world-value resample.
@@ -118,5 +118,5 @@ def test_nan_voxels_stay_local(tmp_path):
     far = np.sqrt((x - 8) ** 2 + (y - 8) ** 2 + (z - 9) ** 2) >= 3
     np.testing.assert_allclose(out[far], reference.get_fdata()[far], atol=1e-3 * 65)
     # SimpleITK reads NaN as 0, so the reference resamples a hole of 0 into the field.
-    expected, _ = sitk_bspline(src, (10, 36, 16))
+    expected, _ = sitk_resample(src, (10, 36, 16))
     assert expected[4, 15, 9] < 0.8 * reference.get_fdata()[4, 15, 9]
