@@ -274,3 +274,15 @@ class TestCommandLine:
         assert main(["preview", scan, str(bad), "-o", str(tmp_path / "p.png")]) == 1
         assert "nidataset: failed:" in capsys.readouterr().err
         assert not (tmp_path / "p.png").exists()
+
+
+def test_resume_draws_a_missing_preview_and_keeps_the_output(tmp_path, rng):
+    folder = tmp_path / "scans"
+    write_nifti(folder / "a.nii.gz", rng.integers(0, 100, (12, 10, 8)).astype(np.int16))
+    resampling_dataset(folder, tmp_path / "out", (6, 5, 4), preview=True, progress=False)
+    output, picture = tmp_path / "out" / "a" / "a_resampled.nii.gz", tmp_path / "out" / "a" / "a_preview.png"
+    picture.unlink()  # as if the run had been killed between the volume and its picture
+    before = os.stat(output)
+    resampling_dataset(folder, tmp_path / "out", (6, 5, 4), preview=True, skip_existing=True, progress=False)
+    assert picture.is_file()
+    assert (os.stat(output).st_ino, os.stat(output).st_mtime_ns) == (before.st_ino, before.st_mtime_ns)

@@ -162,18 +162,17 @@ def _preview(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
 
 def _resample_file(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
     from . import _nifti
-    from .preprocessing import resampling
+    from .preprocessing import _resample_unless_done
 
     if not args.input.endswith(_nifti.SUFFIX):
         command.error(f"INPUT must be a folder or a '{_nifti.SUFFIX}' file, got '{args.input}'")
     folder = args.output
     if args.mode == "case":
         folder = os.path.join(folder, _nifti.prefix(args.input))
-    target = os.path.join(folder, _nifti.output_name(args.input))
-    if args.skip_existing and os.path.isfile(target):
-        return EXIT_OK
     try:
-        resampling(args.input, folder, args.size, debug=args.debug, **_options(args))
+        _resample_unless_done(
+            args.input, folder, tuple(args.size), _options(args), args.skip_existing, args.debug
+        )
     except (ValueError, OSError) as err:
         print(f"nidataset: failed: {args.input}: {err}", file=sys.stderr)
         return EXIT_FAILED

@@ -257,7 +257,7 @@ def resampling_dataset(
     >>> outputs = resampling_dataset(folder, parallel, (10, 10, 5), workers=2, progress=False)
     """
     shape = _check_desired_volume(desired_volume)
-    _check_options(interpolation, antialias, align)
+    options = {**_check_options(interpolation, antialias, align), "preview": bool(preview)}
     if saving_mode not in _SAVING_MODES:
         raise ValueError(f"saving_mode must be 'case' or 'folder', got {saving_mode!r}")
     if not isinstance(workers, numbers.Integral) or isinstance(workers, bool) or workers < 1:
@@ -269,7 +269,6 @@ def resampling_dataset(
             raise ValueError("give workers or executor, not both")
     inputs = _runner.list_inputs(nii_folder, _nifti.SUFFIX)
     _remove_stale_temporaries(os.fspath(output_path), inputs, saving_mode)
-    options = {"interpolation": interpolation, "antialias": antialias, "align": align, "preview": preview}
     job = _DatasetJob(
         os.fspath(output_path), saving_mode, shape, options, bool(skip_existing), secrets.token_hex(8)
     )
@@ -292,12 +291,33 @@ class _DatasetJob:
 
     def __call__(self, path: str) -> str:
         folder = self.root if self.saving_mode == "folder" else os.path.join(self.root, _case_folder(path))
-        if self.skip_existing:
-            target = os.path.join(folder, _nifti.output_name(path))
-            if os.path.isfile(target):
-                logger.info("kept %s", target)
-                return target
-        return resampling(path, folder, self.shape, **self.options)
+        return _resample_unless_done(path, folder, self.shape, self.options, self.skip_existing)
+
+
+def _resample_unless_done(
+    path: str,
+    folder: str,
+    shape: tuple[int, int, int],
+    options: dict,
+    skip_existing: bool,
+    debug: bool = False,
+) -> str:
+    """Resample `path` into `folder`, or with `skip_existing` keep an output that is already there.
+
+    A kept output only gets its preview drawn, if one is asked for and missing: the run that wrote the
+    output may have been killed before it drew the picture.
+    """
+    target = os.path.join(folder, _nifti.output_name(path))
+    if not (skip_existing and os.path.isfile(target)):
+        return resampling(path, folder, shape, debug, **options)
+    logger.info("kept %s", target)
+    if options.get("preview"):
+        from ._preview import preview_name, write_preview
+
+        picture = os.path.join(folder, preview_name(path))
+        if not os.path.isfile(picture):
+            write_preview(path, target, picture)
+    return target
 
 
 def _remove_stale_temporaries(root: str, inputs: Sequence[str], saving_mode: str) -> None:
