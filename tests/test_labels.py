@@ -76,6 +76,7 @@ def test_follows_shapes_better_than_nearest(high, low):
     [
         np.array([[[0, 1], [2, 255]]], dtype=np.uint8),
         np.array([[[-5, 0], [7, 7]]], dtype=np.int16),
+        np.array([[[-100, 0], [100, 120]]], dtype=np.int8),  # a span wider than int8 holds
         np.array([[[0, 1_000_000], [2_000_000_000, 0]]], dtype=np.int32),  # huge range: the sorting path
         np.array([[[0.0, 1.5], [2.5, 0.0]]], dtype=np.float32),
     ],

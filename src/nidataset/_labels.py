@@ -53,6 +53,8 @@ def resize_labels(labels: np.ndarray, shape: Sequence[int], *, align: str = "ori
     array([0, 3, 0, 7, 0], dtype=uint8)
     """
     labels = np.asarray(labels)
+    if not (labels.flags.c_contiguous or labels.flags.f_contiguous):
+        labels = np.ascontiguousarray(labels)
     shape = _check(labels, shape, 1, align)
     positions = [sample_positions(old, new, align) for old, new in zip(labels.shape, shape, strict=True)]
     values, counts, boxes = _labels_counts_and_boxes(labels)
@@ -105,25 +107,40 @@ def _labels_counts_and_boxes(labels: np.ndarray):
     """Sorted label values, their voxel counts, and the bounding box (tuple of slices) of each."""
     from scipy import ndimage
 
-    flat = labels.ravel(order="K")  # a view for C- or Fortran-ordered maps
+    found = None
     if labels.dtype.kind in "iu":
-        low, high = int(flat.min()), int(flat.max())
-        span = high - low + 1
-    if labels.dtype.kind in "iu" and span <= max(1 << 20, flat.size // 4):
-        counts = np.zeros(span, dtype=np.int64)
-        for start in range(0, flat.size, _COUNT_CHUNK):
-            chunk = flat[start : start + _COUNT_CHUNK].astype(np.int64) - low
-            counts += np.bincount(chunk, minlength=span)
-        present = np.flatnonzero(counts)
-        values, counts = (present + low).astype(labels.dtype), counts[present]
-        lookup = np.zeros(span, dtype=np.min_scalar_type(len(values)))
-        lookup[present] = np.arange(1, len(values) + 1)
-        rank = lookup[labels - labels.dtype.type(low)] if low else lookup[labels]
-    else:  # float labels, or integers spread over a huge range: sort
+        low, high = int(labels.min()), int(labels.max())
+        if high - low < max(1 << 20, labels.size // 4):
+            found = _rank_integers(labels, low, high - low + 1)
+    if found is None:  # float labels, or integers spread over a huge range: sort
         values, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-        rank = inverse.reshape(labels.shape) + 1
+        found = values, counts, inverse.reshape(labels.shape) + 1
+    values, counts, rank = found
     if not rank.flags.c_contiguous and rank.flags.f_contiguous:  # NIfTI's order: scan it in memory order
         boxes = [box and box[::-1] for box in ndimage.find_objects(rank.T, max_label=len(values))]
     else:
         boxes = ndimage.find_objects(rank, max_label=len(values))
     return values, counts, boxes
+
+
+def _rank_integers(labels: np.ndarray, low: int, span: int):
+    """Values, counts and rank map (1 for the smallest value...) of integer labels in ``[low, low + span)``.
+
+    Counting and ranking go a chunk at a time, shifted by `low` in int64: no overflow in the labels' type.
+    """
+    flat = labels.ravel(order="K")  # a view for C- or Fortran-ordered maps
+
+    def shifted(start: int) -> np.ndarray:
+        return flat[start : start + _COUNT_CHUNK].astype(np.int64) - low
+
+    counts = np.zeros(span, dtype=np.int64)
+    for start in range(0, flat.size, _COUNT_CHUNK):
+        counts += np.bincount(shifted(start), minlength=span)
+    present = np.flatnonzero(counts)
+    lookup = np.zeros(span, dtype=np.min_scalar_type(len(present)))
+    lookup[present] = np.arange(1, len(present) + 1)
+    rank = np.empty_like(labels, dtype=lookup.dtype)  # same memory order as labels
+    rank_flat = rank.ravel(order="K")
+    for start in range(0, flat.size, _COUNT_CHUNK):
+        rank_flat[start : start + _COUNT_CHUNK] = lookup[shifted(start)]
+    return (present + low).astype(labels.dtype), counts[present], rank
