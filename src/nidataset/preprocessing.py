@@ -160,9 +160,7 @@ def resampling(
     _nifti.write(target, data, header)
     logger.info("resampled %s %s -> %s %s", path, volume.data.shape, target, shape)
     if preview:
-        from ._preview import preview_name, write_preview  # matplotlib: only when a preview is asked for
-
-        write_preview(path, target, os.path.join(folder, preview_name(path)))
+        _draw_preview(path, target, folder)
     if debug:
         print(f"Resampled image saved at: '{target}'")
     return target
@@ -312,12 +310,17 @@ def _resample_unless_done(
         return resampling(path, folder, shape, debug, **options)
     logger.info("kept %s", target)
     if options.get("preview"):
-        from ._preview import preview_name, write_preview
-
-        picture = os.path.join(folder, preview_name(path))
-        if not os.path.isfile(picture):
-            write_preview(path, target, picture)
+        _draw_preview(path, target, folder, missing_only=True)
     return target
+
+
+def _draw_preview(path: str, target: str, folder: str, missing_only: bool = False) -> None:
+    """Write ``<PREFIX>_preview.png`` of `path` and its output `target` into `folder`."""
+    from ._preview import preview_name, write_preview  # matplotlib: only when a preview is asked for
+
+    picture = os.path.join(folder, preview_name(path))
+    if not (missing_only and os.path.isfile(picture)):
+        write_preview(path, target, picture)
 
 
 def _remove_stale_temporaries(root: str, inputs: Sequence[str], saving_mode: str) -> None:
