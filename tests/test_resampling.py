@@ -11,7 +11,7 @@ import pytest
 
 import nidataset as nid
 from conftest import write_nifti
-from nidataset import _nifti
+from nidataset import _nifti, _resize
 from nidataset.preprocessing import InvalidVolumeError, resampling
 
 
@@ -162,6 +162,26 @@ def test_logs_through_module_loggers(scan, tmp_path, caplog):
     assert "scan_042" in caplog.records[0].getMessage()
 
 
+@pytest.mark.parametrize("interpolation", ["bspline", "linear"])
+def test_volumes_streamed_in_many_slabs_give_the_engine_values(tmp_path, monkeypatch, rng, interpolation):
+    # Slabs of 2 slices, in two buffers taking turns: a buffer refilled too early would change values.
+    monkeypatch.setattr(_resize, "_SLAB", 2 * 30 * 20)
+    data = np.asfortranarray(rng.integers(-1000, 3000, (20, 30, 17)).astype(np.int16))
+    src = write_nifti(tmp_path / "big.nii.gz", data)
+    assert _resize.slab_rows(data.T.shape) == 2
+    out = resampling(src, tmp_path / "out", (13, 41, 9), interpolation=interpolation)
+    order = {"bspline": 3, "linear": 1}[interpolation]
+    expected = _resize.resize(data, (13, 41, 9), order=order, output_dtype=np.int16)
+    np.testing.assert_array_equal(np.asanyarray(nib.load(out).dataobj), expected)
+
+
+def test_output_is_standard_gzip(scan, tmp_path):
+    out = resampling(scan, tmp_path / "out", (3, 3, 3))
+    with gzip.open(out, "rb") as stream:  # Python's own zlib reads it
+        raw = stream.read()
+    assert len(raw) == 352 + 27 * 2
+
+
 def test_rerun_overwrites_the_output(scan, tmp_path):
     first = resampling(scan, tmp_path / "out", (3, 3, 3))
     second = resampling(scan, tmp_path / "out", (2, 2, 2))
@@ -189,7 +209,7 @@ class TestAtomicWrite:
         def fail(self, data):
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(_nifti.gzip.GzipFile, "write", fail)
+        monkeypatch.setattr(_nifti.igzip.IGzipFile, "write", fail)
         with pytest.raises(OSError, match="No space left"):
             resampling(scan, tmp_path / "out", (3, 3, 3))
         assert listing(tmp_path / "out") == []

@@ -38,23 +38,93 @@ def test_matches_scipy_mirror_spline_float32(old, new, rng):
     np.testing.assert_allclose(out, mirror_spline(x, new), rtol=0, atol=5e-6)
 
 
-def test_coefficients_match_scipy_spline_filter(rng):
-    for n in (2, 3, 5, 13, 40, 100):
-        x = rng.standard_normal((3, n, 4))
-        c = x.copy()
-        _resize._prefilter(c)
-        # The prefilter leaves out the gain of 6 that the weights put back.
-        expected = ndimage.spline_filter1d(x, order=3, axis=1, mode="mirror")
-        np.testing.assert_allclose(6 * c, expected, rtol=0, atol=1e-12)
+def test_closed_form_spline_inverse_matches_scipy_spline_filter(rng):
+    for n in (1, 2, 3, 5, 13, 40, 100):
+        x = rng.standard_normal((n, 6))
+        a, b, rows = _resize._spline_inverse_rows(0, n, n, tol=1e-18)
+        expected = ndimage.spline_filter1d(x, order=3, axis=0, mode="mirror")
+        np.testing.assert_allclose(rows @ x[a:b], expected, rtol=0, atol=1e-12)
 
 
-def test_blocked_and_transposed_paths_agree_with_scipy(rng, monkeypatch):
-    # Tiny blocks force many blocks per pass and the transposed path for short inner runs.
-    monkeypatch.setattr(_resize, "_BLOCK", 500)
-    monkeypatch.setattr(_resize, "_MIN_RUN", 8)
-    for old, new in [((30, 40, 50), (13, 17, 60)), ((50, 40, 30), (60, 17, 13))]:
+def test_spline_inverse_leaves_out_only_negligible_columns():
+    n = 200
+    full_a, full_b, full = _resize._spline_inverse_rows(90, 110, n, tol=1e-300)
+    assert (full_a, full_b) == (0, n)
+    for tol in (2.0**-29, 2.0**-58):
+        a, b, rows = _resize._spline_inverse_rows(90, 110, n, tol)
+        assert 0 < a < 90 and 110 < b < n  # a band, not the whole matrix
+        np.testing.assert_array_equal(rows, full[:, a:b])
+        # What is left out changes a coefficient of samples |x| <= 1 by less than tol.
+        left_out = np.abs(full[:, :a]).sum(axis=1) + np.abs(full[:, b:]).sum(axis=1)
+        assert left_out.max() < tol
+
+
+@pytest.fixture
+def small_pieces(monkeypatch):
+    """Tiny tiles and slabs: many tiles per axis, many slabs per array, tiles spanning slabs."""
+    monkeypatch.setattr(_resize, "_TILE", 3)
+    monkeypatch.setattr(_resize, "_SLAB", 50)
+    _resize._cached_operator.cache_clear()
+    yield
+    _resize._cached_operator.cache_clear()
+
+
+@pytest.mark.usefixtures("small_pieces")
+@pytest.mark.parametrize("antialias", [False, True])
+def test_tiles_and_slabs_agree_with_scipy(antialias, rng):
+    for old, new in [((30, 40, 50), (13, 17, 60)), ((50, 40, 30), (60, 17, 13)), ((41, 3, 2), (7, 5, 2))]:
         x = rng.standard_normal(old)
-        np.testing.assert_allclose(resize(x, new, clip=False), mirror_spline(x, new), atol=1e-12)
+        expected = x
+        if antialias:
+            for axis, (o, n) in enumerate(zip(old, new, strict=True)):
+                if n < o:
+                    expected = ndimage.gaussian_filter1d(expected, (o / n - 1) / 2, axis=axis, mode="mirror")
+        got = resize(x, new, clip=False, antialias=antialias)
+        np.testing.assert_allclose(got, mirror_spline(expected, new), atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "before", "after"),
+    [
+        ((300, 512, 512), (128, 224, 224), [1, 2], []),  # shrinking axes go first, slab by slab
+        ((300, 512, 512), (600, 224, 1024), [1], [2]),  # growing axes at the end
+        ((600, 512, 512), (60, 460, 460), [], [1, 2]),  # the first axis shrinks far more: it goes first
+        ((8, 8, 8), (8, 4, 16), [1], [2]),  # the first axis unchanged
+    ],
+)
+def test_plan_orders_the_axes(old, new, before, after):
+    operators = [
+        _resize._operator(sample_positions(o, n), o, 3, 0.0, np.dtype(np.float32))
+        for o, n in zip(old, new, strict=True)
+    ]
+    assert _resize._plan(old, operators) == (before, after)
+
+
+@pytest.mark.usefixtures("small_pieces")
+@pytest.mark.parametrize("dtype", [np.int16, np.float32, np.float64])
+def test_slabs_give_the_same_bits_as_the_whole_array(dtype, rng):
+    x = (rng.standard_normal((37, 5, 4)) * 300).astype(dtype)
+    new = (15, 3, 9)
+    rows = _resize.slab_rows(x.shape)
+    assert rows < len(x)  # several slabs
+    slabs = ((s, x[s : s + rows].copy()) for s in range(0, len(x), rows))
+    streamed = _resize.resize_slabs(slabs, x.shape, x.dtype, new, output_dtype=dtype)
+    np.testing.assert_array_equal(streamed, resize(x, new, output_dtype=dtype))
+
+
+def test_slabs_with_non_finite_values_are_refused():
+    x = np.ones((4, 5, 6), np.float32)
+    x[3, 2, 1] = np.nan
+    with pytest.raises(_resize.NonFiniteError):
+        _resize.resize_slabs([(0, x)], x.shape, x.dtype, (2, 2, 2))
+
+
+def test_slabs_out_of_order_are_refused():
+    x = np.ones((4, 5, 6))
+    with pytest.raises(ValueError, match="slabs must come in order"):
+        _resize.resize_slabs([(0, x[:2]), (3, x[3:])], x.shape, x.dtype, (2, 2, 2))
+    with pytest.raises(ValueError, match="slabs ended at row 2 of 4"):
+        _resize.resize_slabs([(0, x[:2])], x.shape, x.dtype, (2, 2, 2))
 
 
 @pytest.mark.parametrize("order", ["C", "F"])
@@ -71,7 +141,8 @@ def test_output_layout_follows_input(rng):
     c = resize(x, (5, 6, 7))
     f = resize(np.asfortranarray(x), (5, 6, 7))
     assert c.flags.c_contiguous and f.flags.f_contiguous
-    np.testing.assert_array_equal(c, f)
+    # The axes are taken in another order (slabs run along the slowest axis): only rounding differs.
+    np.testing.assert_allclose(c, f, rtol=0, atol=1e-14)
 
 
 def test_interpolating_and_constant_preserving(rng):

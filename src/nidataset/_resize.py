@@ -1,31 +1,49 @@
 """Separable resizing of arrays (cubic B-spline, linear, nearest): pure numpy, no files.
 
-Every interpolation here is separable, so an N-D array is resized one axis at a time. Along an axis of
-``old`` samples, output sample ``i`` lies at input index ``p_i`` (see :func:`sample_positions`) and is
-a weighted sum of the samples around it:
+Every interpolation here is separable and linear in the samples, so resizing an axis of ``old`` samples
+to ``new`` multiplies it by a ``new x old`` matrix ``M``. Output sample ``i`` lies at input index ``p_i``
+(see :func:`sample_positions`):
 
-- *cubic B-spline* (order 3): the samples are first turned into B-spline coefficients by the recursive
-  prefilter of Unser (pole ``z = sqrt(3) - 2``, a causal and an anti-causal pass), so that the spline
-  passes through every sample; then four coefficients around ``p_i`` are weighted. Indices past either end
-  are mirrored (whole-sample symmetric: ``... 2 1 | 0 1 2 ... n-1 | n-2 ...``). This is SimpleITK's
-  ``sitkBSpline`` (ITK's ``BSplineInterpolateImageFunction``, order 3), evaluated the same way past the
-  last sample instead of returning 0 there.
-- *linear* (order 1): two samples, the edge sample repeated past either end (SimpleITK's ``sitkLinear``).
+- *cubic B-spline* (order 3): ``M = W B^-1``. ``B^-1`` turns samples into B-spline coefficients, so that
+  the spline passes through every sample; ``W`` weights the four coefficients around each ``p_i``.
+  Indices past either end are mirrored (whole-sample symmetric: ``... 2 1 | 0 1 2 ... n-1 | n-2 ...``).
+  This is SimpleITK's ``sitkBSpline`` (ITK's ``BSplineInterpolateImageFunction``, order 3), evaluated the
+  same way past the last sample instead of returning 0 there. ``B^-1`` is known in closed form (Unser's
+  recursive filter, pole ``z = sqrt(3) - 2``, summed over the mirror images).
+- *linear* (order 1): ``M = W`` with two weights, the edge sample repeated past either end (``sitkLinear``).
 - *nearest* (order 0): the sample at ``floor(p_i + 0.5)``, clamped to the array (``sitkNearestNeighbor``).
+- *anti-aliasing* puts a Gaussian ``G`` first: ``M = W B^-1 G``.
 
-Each step runs over whole slabs (every line of the axis at once), so each Python-level step is one numpy
-call over many thousands of values. Axes are resized from the most shrinking to the most growing, so
-later passes work on smaller arrays.
+The entries of ``B^-1`` fall off as ``|z| ** distance`` (``|z| = 0.268``), so ``M`` is a band: it is kept
+as dense tiles of a few rows over the columns where it exceeds the rounding level of the computation
+type, and applied with BLAS matrix products.
+
+The array is taken a slab at a time along its first axis, as it comes off disk: each slab gets its
+shrinking axes resized at once and is folded into the first axis's result; the other axes are resized
+at the end. Memory stays a few slabs plus the (smaller) intermediate, and reading the next slab can go
+on while one is computed.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ALIGNS", "ORDERS", "resample", "resize", "sample_positions"]
+__all__ = [
+    "ALIGNS",
+    "ORDERS",
+    "NonFiniteError",
+    "resample",
+    "resize",
+    "resize_slabs",
+    "sample_positions",
+    "slab_rows",
+]
 
 #: Interpolation orders: nearest, linear, cubic B-spline.
 ORDERS = (0, 1, 3)
@@ -33,11 +51,14 @@ ORDERS = (0, 1, 3)
 ALIGNS = ("origin", "center")
 #: Pole of the cubic B-spline prefilter.
 _POLE = math.sqrt(3.0) - 2.0
-#: Contiguous run (in values) below which an axis is treated as the innermost one and
-#: resized in transposed blocks rather than in place.
-_MIN_RUN = 256
-#: Values held by one float working block.
-_BLOCK = 1 << 22
+#: Output samples per tile of an axis matrix.
+_TILE = 16
+#: Input values per slab (a slab is this many values' worth of whole rows along the first axis).
+_SLAB = 1 << 21
+
+
+class NonFiniteError(ValueError):
+    """A slab given to :func:`resize_slabs` holds NaN or infinity (which :func:`resize` handles)."""
 
 
 def sample_positions(old: int, new: int, align: str = "origin") -> np.ndarray:
@@ -164,9 +185,6 @@ def resize(
         result = array[_nearest_indices(positions, array.shape)]
         return result if output_dtype is None else _cast(result, np.dtype(output_dtype))
 
-    ftype = np.result_type(array.dtype, np.float32)
-    if ftype.itemsize < 4:  # float16 computes in float32
-        ftype = np.dtype(np.float32)
     bad = None
     values = array
     if array.dtype.kind == "f":
@@ -174,19 +192,83 @@ def resize(
         if not finite.all():
             bad = ~finite
             if not finite.any():
-                return array[_nearest_indices(positions, array.shape)].astype(output_dtype or ftype)
+                nearest = array[_nearest_indices(positions, array.shape)]
+                return nearest.astype(output_dtype or _float_type(array.dtype))
             values = _fill_nonfinite(array, bad)
-    lo, hi = (values.min(), values.max()) if clip else (None, None)  # values are all finite here
-    if antialias:
-        values = _smooth_shrinking_axes(values, shape, ftype)
-
-    result = resample(values, positions, order=order, dtype=ftype)
-    if clip:
-        np.clip(result, lo, hi, out=result)
+    values = np.ascontiguousarray(values)
+    rows = slab_rows(values.shape)
+    result = resize_slabs(
+        ((start, values[start : start + rows]) for start in range(0, len(values), rows)),
+        values.shape,
+        values.dtype,
+        shape,
+        order=order,
+        align=align,
+        antialias=antialias,
+        clip=clip,
+        output_dtype=output_dtype if bad is None else None,
+    )
     if bad is not None:
         near = _nearest_indices(positions, array.shape)
         lost = bad[near]
         result[lost] = array[near][lost]
+        if output_dtype is not None:
+            result = _cast(result, np.dtype(output_dtype))
+    return result
+
+
+def slab_rows(shape: Sequence[int]) -> int:
+    """Return how many rows along the first axis :func:`resize_slabs` takes at a time for `shape`."""
+    return max(1, _SLAB // max(1, math.prod(shape[1:])))
+
+
+def resize_slabs(
+    slabs: Iterable[tuple[int, np.ndarray]],
+    in_shape: Sequence[int],
+    dtype: np.dtype | type,
+    shape: Sequence[int],
+    *,
+    order: int = 3,
+    align: str = "origin",
+    antialias: bool = False,
+    clip: bool = True,
+    output_dtype: np.dtype | type | None = None,
+) -> np.ndarray:
+    """:func:`resize` of a C-ordered array of `in_shape` and `dtype` that arrives in slabs.
+
+    `slabs` yields ``(start, array[start : start + slab_rows(in_shape)])`` for ``start = 0, rows,
+    2 * rows, ...`` (see :func:`slab_rows`), in that order. Each slab is computed in a worker thread while
+    the caller's iterator produces the next one, so that producing slabs (reading and decompressing a
+    file, say) overlaps with computing them. A slab is done with before the iterator is asked for the
+    one after next, so the iterator may fill two buffers in turn. The result is the same, bit for bit, as
+    :func:`resize` of the whole array. Only for order 1 and 3.
+
+    Raises
+    ------
+    NonFiniteError
+        If a slab holds NaN or infinity: :func:`resize` of the whole array handles those.
+    """
+    in_shape = tuple(int(n) for n in in_shape)
+    dtype = np.dtype(dtype)
+    shape = _check_args(in_shape, dtype, shape, order, align)
+    if order == 0:
+        raise ValueError("resize_slabs interpolates (order 1 or 3); take nearest samples with resize()")
+    ftype = _float_type(dtype)
+    operators = []
+    for old, new in zip(in_shape, shape, strict=True):
+        sigma = (old / new - 1) / 2 if antialias and new < old else 0.0
+        operators.append(_operator(sample_positions(old, new, align), old, order, sigma, ftype))
+    bounds = []
+
+    def check(block: np.ndarray) -> None:
+        if block.dtype.kind == "f" and not np.isfinite(block).all():
+            raise NonFiniteError("the array holds NaN or infinite values")
+        if clip:
+            bounds.append((block.min(), block.max()))
+
+    result = _run(slabs, in_shape, operators, ftype, check)
+    if clip:
+        np.clip(result, min(lo for lo, _ in bounds), max(hi for _, hi in bounds), out=result)
     return _cast(result, np.dtype(output_dtype)) if output_dtype is not None else result
 
 
@@ -200,35 +282,43 @@ def resample(
     An axis whose positions are exactly ``0, 1, ..., n - 1`` is left as it is.
     """
     ftype = np.dtype(dtype or np.result_type(array.dtype, np.float32))
-    result = np.asarray(array)
-    if not result.flags.c_contiguous:
-        result = np.ascontiguousarray(result)
-    shrinking_first = sorted(range(result.ndim), key=lambda a: len(positions[a]) / result.shape[a])
-    for axis in shrinking_first:
-        old, pos = result.shape[axis], np.asarray(positions[axis], dtype=np.float64)
-        if len(pos) == old and np.array_equal(pos, np.arange(old)):
-            continue
-        result = _resize_axis(result, axis, pos, order, ftype)
-    if result is array or result.dtype != ftype:  # nothing resized: still a new array of the type
-        result = result.astype(ftype)
-    return result
+    array = np.ascontiguousarray(array)
+    operators = [
+        _operator(np.asarray(pos, dtype=np.float64), old, order, 0.0, ftype)
+        for pos, old in zip(positions, array.shape, strict=True)
+    ]
+    rows = slab_rows(array.shape)
+    slabs = ((start, array[start : start + rows]) for start in range(0, len(array), rows))
+    return _run(slabs, array.shape, operators, ftype)
 
 
 def _check(array: np.ndarray, shape: Sequence[int], order: int, align: str) -> tuple[int, ...]:
+    return _check_args(array.shape, array.dtype, shape, order, align)
+
+
+def _check_args(
+    in_shape: tuple[int, ...], dtype: np.dtype, shape: Sequence[int], order: int, align: str
+) -> tuple[int, ...]:
     shape = tuple(int(n) for n in shape)
-    if len(shape) != array.ndim or any(n < 1 for n in shape):
+    if len(shape) != len(in_shape) or any(n < 1 for n in shape):
         raise ValueError(
-            f"shape must give one positive size per dimension of the {array.ndim}D array, got {shape}"
+            f"shape must give one positive size per dimension of the {len(in_shape)}D array, got {shape}"
         )
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     if align not in ALIGNS:
         raise ValueError(f"align must be one of {ALIGNS}, got {align!r}")
-    if array.dtype.kind not in "iuf":
-        raise TypeError(f"cannot resize an array of type {array.dtype}; an integer or float type is needed")
-    if array.size == 0:
-        raise ValueError(f"cannot resize an empty array of shape {array.shape}")
+    if dtype.kind not in "iuf":
+        raise TypeError(f"cannot resize an array of type {dtype}; an integer or float type is needed")
+    if math.prod(in_shape) == 0:
+        raise ValueError(f"cannot resize an empty array of shape {in_shape}")
     return shape
+
+
+def _float_type(dtype: np.dtype) -> np.dtype:
+    """Return the computation type: float32 for up to 16-bit integers and float16/32, else float64."""
+    ftype = np.result_type(dtype, np.float32)
+    return np.dtype(np.float32) if ftype.itemsize < 4 else ftype
 
 
 def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -271,22 +361,63 @@ def _fill_nonfinite(array: np.ndarray, bad: np.ndarray) -> np.ndarray:
     return filled
 
 
-def _smooth_shrinking_axes(values: np.ndarray, shape: Sequence[int], ftype: np.dtype) -> np.ndarray:
-    """Gaussian-smooth each axis that shrinks, with sigma ``(old / new - 1) / 2`` (scikit-image's rule)."""
-    from scipy import ndimage
+# --- The engine: each axis a banded matrix, applied slab by slab -----------------------------------------
 
-    smoothed = values
-    for axis, (old, new) in enumerate(zip(values.shape, shape, strict=True)):
-        sigma = (old / new - 1) / 2
+
+@dataclass(frozen=True, eq=False)
+class _Operator:
+    """The ``new x old`` matrix resampling one axis, as dense tiles ``(lo, hi, a, b, block)``.
+
+    ``block`` holds rows ``lo:hi`` over columns ``a:b``; every entry outside the tiles is below the
+    rounding level of the computation type. ``first`` and ``last`` list each tile's ``a`` and ``b``.
+    """
+
+    old: int
+    new: int
+    tiles: tuple[tuple[int, int, int, int, np.ndarray], ...]
+    first: np.ndarray
+    last: np.ndarray
+
+
+def _operator(positions: np.ndarray, old: int, order: int, sigma: float, ftype: np.dtype) -> _Operator | None:
+    """Matrix sampling an axis of `old` samples at `positions` (``None``: the axis is left as it is).
+
+    `sigma` > 0 smooths the axis first with a Gaussian of that standard deviation (in samples).
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    if sigma == 0 and len(positions) == old and np.array_equal(positions, np.arange(old)):
+        return None
+    return _cached_operator(positions.tobytes(), old, order, float(sigma), np.dtype(ftype).str)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_operator(positions: bytes, old: int, order: int, sigma: float, ftype: str) -> _Operator:
+    positions = np.frombuffer(positions, dtype=np.float64)
+    ftype = np.dtype(ftype)
+    tol = float(np.finfo(ftype).eps) / 64
+    index, weights = _taps(positions, old, order)
+    tiles = []
+    for lo in range(0, len(positions), _TILE):
+        hi = min(lo + _TILE, len(positions))
+        a, b, block = _scatter(index[lo:hi], weights[lo:hi])  # W
+        if order == 3:
+            a, b, block = _then(block, _spline_inverse_rows(a, b, old, tol))  # W B^-1
         if sigma > 0:
-            smoothed = ndimage.gaussian_filter1d(smoothed, sigma, axis=axis, mode="mirror", output=ftype)
-    return smoothed
+            a, b, block = _then(block, _gaussian_rows(a, b, old, sigma))  # ... G
+        a, b, block = _trim(a, b, block, tol)
+        block = block.astype(ftype)
+        block.flags.writeable = False
+        tiles.append((lo, hi, a, b, block))
+    first = np.array([tile[2] for tile in tiles])
+    last = np.array([tile[3] for tile in tiles])
+    return _Operator(old, len(positions), tuple(tiles), first, last)
 
 
-def _taps(positions: np.ndarray, old: int, order: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+def _taps(positions: np.ndarray, old: int, order: int) -> tuple[np.ndarray, np.ndarray]:
     """Sample indices and weights, each ``(len(positions), order + 1)``, of the interpolant at `positions`.
 
-    Cubic weights are six times the B-spline's, because :func:`_prefilter` leaves out its gain of 6.
+    Cubic weights apply to B-spline coefficients (mirrored indices), linear ones to samples (edge
+    repeated).
     """
     base = np.floor(positions)
     t = positions - base
@@ -294,12 +425,12 @@ def _taps(positions: np.ndarray, old: int, order: int, dtype: np.dtype) -> tuple
     if order == 3:
         t2 = t * t
         t3 = t2 * t
-        weights = np.stack([(1 - t) ** 3, 3 * t3 - 6 * t2 + 4, -3 * t3 + 3 * t2 + 3 * t + 1, t3], axis=1)
+        weights = np.stack([(1 - t) ** 3, 3 * t3 - 6 * t2 + 4, -3 * t3 + 3 * t2 + 3 * t + 1, t3], axis=1) / 6
         index = _mirror(base + np.arange(-1, 3), old)
     else:
         weights = np.stack([1 - t, t], axis=1)
         index = np.clip(base + np.arange(2), 0, old - 1)
-    return index, weights.astype(dtype)
+    return index, weights
 
 
 def _mirror(index: np.ndarray, size: int) -> np.ndarray:
@@ -311,75 +442,198 @@ def _mirror(index: np.ndarray, size: int) -> np.ndarray:
     return np.where(index >= size, period - index, index)
 
 
-def _resize_axis(x: np.ndarray, axis: int, positions: np.ndarray, order: int, ftype: np.dtype) -> np.ndarray:
-    """Resample C-contiguous `x` at `positions` along `axis`; returns a C-contiguous `ftype` array."""
-    old, new = x.shape[axis], len(positions)
+def _scatter(index: np.ndarray, weights: np.ndarray) -> tuple[int, int, np.ndarray]:
+    """Rows of a matrix given by column `index` and `weights` per row (repeated columns add up)."""
+    a, b = int(index.min()), int(index.max()) + 1
+    block = np.zeros((len(index), b - a))
+    np.add.at(block, (np.arange(len(index))[:, None], index - a), weights)
+    return a, b, block
+
+
+def _then(block: np.ndarray, rows: tuple[int, int, np.ndarray]) -> tuple[int, int, np.ndarray]:
+    """`block` (over some columns a:b) times rows a:b of another matrix, given as ``(a2, b2, rows)``."""
+    a, b, matrix = rows
+    return a, b, block @ matrix
+
+
+def _spline_inverse_rows(k0: int, k1: int, n: int, tol: float) -> tuple[int, int, np.ndarray]:
+    """Rows `k0:k1` of ``B^-1``, which turns `n` samples into cubic B-spline coefficients (mirror boundary).
+
+    On an infinite line ``B^-1[k, j] = c z**|k - j|`` with ``c = -6 z / (1 - z**2)`` (Unser's filter).
+    The mirror boundary extends the samples symmetrically with period ``P = 2n - 2``, so every sample
+    ``j`` also stands at ``-j`` and at both plus any multiple of ``P``; the sum over these images is a
+    geometric series. Columns farther than `tol` allows from the rows are left out.
+    """
+    if n == 1:
+        return 0, 1, np.ones((k1 - k0, 1))
+    z = _POLE
+    reach = math.ceil(math.log(tol / 5) / math.log(-z))  # 5 > c * 2 / (1 - |z|): both tails together
+    a, b = max(0, k0 - reach), min(n, k1 + reach)
+    k = np.arange(k0, k1)[:, None]
+    j = np.arange(a, b)[None, :]
+    period = 2 * n - 2
+
+    def images(d: np.ndarray) -> np.ndarray:  # sum over t of z ** |d + t * period|
+        d = d % period
+        return (z**d + z ** (period - d)) / (1 - z**period)
+
+    block = images(k - j) + np.where((j > 0) & (j < n - 1), images(k + j), 0.0)
+    return a, b, (-6 * z / (1 - z * z)) * block
+
+
+def _gaussian_rows(k0: int, k1: int, n: int, sigma: float) -> tuple[int, int, np.ndarray]:
+    """Rows `k0:k1` of Gaussian smoothing with a mirror boundary, as ``scipy.ndimage.gaussian_filter1d``.
+
+    The same kernel (radius ``int(4 * sigma + 0.5)``, weights normalised to sum to 1), ``mode="mirror"``.
+    """
+    radius = int(4.0 * sigma + 0.5)
+    x = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 / (sigma * sigma) * x**2)
+    kernel /= kernel.sum()
+    rows = np.arange(k0, k1)[:, None]
+    return _scatter(_mirror(rows + x, n), np.broadcast_to(kernel, (k1 - k0, len(x))))
+
+
+def _trim(a: int, b: int, block: np.ndarray, tol: float) -> tuple[int, int, np.ndarray]:
+    """Drop the outer columns of `block` whose entries are all below `tol`."""
+    keep = np.flatnonzero(np.abs(block).max(axis=0) > tol)
+    if len(keep) == 0:
+        return a, b, block
+    return a + int(keep[0]), a + int(keep[-1]) + 1, block[:, keep[0] : keep[-1] + 1]
+
+
+def _plan(shape: tuple[int, ...], operators: Sequence[_Operator | None]) -> tuple[list[int], list[int]]:
+    """Axes resized in each slab before the first axis, and those resized at the end.
+
+    Each list goes from the most shrinking axis. Every shrinking axis goes first (slabs shrink as they
+    come, while the next is read, and the intermediate is small), unless resizing the first axis earlier
+    saves a quarter of the work.
+    """
+    ratio = {a: op.new / op.old for a, op in enumerate(operators) if op is not None}
+    moving = sorted((a for a in ratio if a > 0), key=ratio.get)
+    shrinking = [a for a in moving if ratio[a] <= 1]
+    candidates = [shrinking]
+    if 0 in ratio:
+        candidates.append([a for a in shrinking if ratio[a] < ratio[0]])
+
+    def work(before: list[int]) -> int:
+        size, sizes, total = math.prod(shape), list(shape), 0
+        for axis in [*before, *([0] if 0 in ratio else []), *(a for a in moving if a not in before)]:
+            total += size
+            sizes[axis] = operators[axis].new
+            size = math.prod(sizes)
+        return total
+
+    before = candidates[0]
+    if len(candidates) > 1 and work(candidates[1]) < 0.75 * work(before):
+        before = candidates[1]
+    return before, [a for a in moving if a not in before]
+
+
+class _Resampler:
+    """Resample an array fed as consecutive slabs along its first axis (see :func:`resize_slabs`)."""
+
+    def __init__(self, shape: tuple[int, ...], operators: Sequence[_Operator | None], ftype: np.dtype):
+        self.shape, self.operators, self.ftype = shape, operators, ftype
+        self.before, self.after = _plan(shape, operators)
+        middle = [op.new if op is not None else n for op, n in zip(operators, shape, strict=True)]
+        for axis in self.after:
+            middle[axis] = shape[axis]
+        self.middle = np.empty(middle, dtype=ftype)  # every axis but `after` resized
+        self.done = 0
+
+    def feed(self, start: int, block: np.ndarray) -> None:
+        if start != self.done:
+            raise ValueError(f"slabs must come in order: expected row {self.done}, got {start}")
+        x = np.ascontiguousarray(block, dtype=self.ftype)  # no copy if it already is
+        for axis in self.before:
+            x = _apply(x, axis, self.operators[axis])
+        if self.operators[0] is None:
+            self.middle[start : start + len(x)] = x
+        else:
+            flat = self.middle.reshape(len(self.middle), -1)
+            _accumulate(flat, x.reshape(len(x), -1), start, self.operators[0])
+        self.done = start + len(x)
+
+    def result(self) -> np.ndarray:
+        if self.done != self.shape[0]:
+            raise ValueError(f"slabs ended at row {self.done} of {self.shape[0]}")
+        if not self.after:
+            return self.middle
+        out_shape = list(self.middle.shape)
+        for axis in self.after:
+            out_shape[axis] = self.operators[axis].new
+        out = np.empty(out_shape, dtype=self.ftype)
+        rows = slab_rows(self.middle.shape)
+        for start in range(0, len(out), rows):
+            y = self.middle[start : start + rows]
+            for axis in self.after:
+                y = _apply(y, axis, self.operators[axis])
+            out[start : start + rows] = y
+        return out
+
+
+def _run(
+    slabs: Iterable[tuple[int, np.ndarray]],
+    shape: tuple[int, ...],
+    operators: Sequence[_Operator | None],
+    ftype: np.dtype,
+    check=None,
+) -> np.ndarray:
+    """Feed `slabs` to a :class:`_Resampler` in a worker thread, `check` each first; return the result."""
+    resampler = _Resampler(shape, operators, ftype)
+
+    def step(start: int, block: np.ndarray) -> None:
+        if check is not None:
+            check(block)
+        resampler.feed(start, block)
+
+    with _one_blas_thread(), ThreadPoolExecutor(1, thread_name_prefix="nidataset-resize") as pool:
+        pending = None
+        for start, block in slabs:  # the next slab is produced here while the last one is computed
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(step, start, block)
+        if pending is not None:
+            pending.result()
+        return resampler.result()
+
+
+def _one_blas_thread():
+    """Keep BLAS on one thread: the engine runs its own threads, and processes of a pool each take a core."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _apply(x: np.ndarray, axis: int, op: _Operator) -> np.ndarray:
+    """Resample C-contiguous `x` along `axis` with `op`; a new C-contiguous array of `x`'s type."""
     outer = math.prod(x.shape[:axis])
     inner = math.prod(x.shape[axis + 1 :])
-    out_shape = (*x.shape[:axis], new, *x.shape[axis + 1 :])
-    if old == 1:  # every interpolation of a single sample is that sample
-        return np.broadcast_to(x, out_shape).astype(ftype)
-    x3 = x.reshape(outer, old, inner)
-    out = np.empty((outer, new, inner), dtype=ftype)
-    index, weights = _taps(positions, old, order, ftype)
-    if inner >= _MIN_RUN:
-        # Each slab x3[:, k, :] is made of contiguous runs: filter in blocks of runs.
-        step = max(_MIN_RUN, _BLOCK // (outer * old))
-        for lo in range(0, inner, step):
-            coef = x3[:, :, lo : lo + step].astype(ftype)
-            if order == 3:
-                _prefilter(coef)
-            _evaluate(coef, index, weights, out[:, :, lo : lo + step])
-    else:
-        # The axis is (nearly) the innermost one: transpose blocks of lines so that it becomes the outer one.
-        step = max(1, _BLOCK // (old * inner))
-        for lo in range(0, outer, step):
-            block = x3[lo : lo + step]
-            coef = np.array(block.transpose(1, 0, 2), dtype=ftype, order="C").reshape(1, old, -1)  # a copy
-            if order == 3:
-                _prefilter(coef)
-            res = np.empty((1, new, coef.shape[2]), dtype=ftype)
-            _evaluate(coef, index, weights, res)
-            out[lo : lo + step] = res.reshape(new, len(block), inner).transpose(1, 0, 2)
-    return out.reshape(out_shape)
+    out = np.empty((outer, op.new, inner), dtype=x.dtype)
+    if inner == 1:  # the axis is the last one: rows of samples times the transposed matrix
+        lines, result = x.reshape(outer, op.old), out.reshape(outer, op.new)
+        for lo, hi, a, b, block in op.tiles:
+            np.matmul(lines[:, a:b], block.T, out=result[:, lo:hi])
+    else:  # the matrix times each plane (outer, old, inner)
+        planes = x.reshape(outer, op.old, inner)
+        for lo, hi, a, b, block in op.tiles:
+            np.matmul(block, planes[:, a:b], out=out[:, lo:hi])
+    return out.reshape(*x.shape[:axis], op.new, *x.shape[axis + 1 :])
 
 
-def _prefilter(c: np.ndarray) -> None:
-    """Turn samples into cubic B-spline coefficients along axis 1 of `c`, in place (mirror boundary).
+def _accumulate(out: np.ndarray, x: np.ndarray, start: int, op: _Operator) -> None:
+    """Add rows ``start:start + len(x)`` of the input's contribution to ``out = M @ input`` (2D arrays).
 
-    The result is the coefficients divided by the filter's gain of 6; :func:`_taps` puts it back.
+    Slabs come in order, so the slab holding a tile's first column writes the tile's rows; later slabs
+    add to them.
     """
-    n = c.shape[1]
-    z = _POLE
-    # Causal initial value: sum over the mirror-symmetric extension, truncated once z**k is negligible.
-    horizon = math.ceil(math.log(np.finfo(c.dtype).eps) / math.log(-z))
-    if n <= horizon:
-        k = np.arange(n)
-        v = z**k + np.where((k > 0) & (k < n - 1), z ** (2 * n - 2 - k), 0.0)
-        v /= 1 - z ** (2 * n - 2)
-    else:
-        v = z ** np.arange(horizon)
-    first = np.einsum("k,akb->ab", v.astype(c.dtype), c[:, : len(v)])
-    c[:, 0] = first
-    tmp = np.empty_like(first)
-    for k in range(1, n):
-        np.multiply(c[:, k - 1], z, out=tmp)
-        c[:, k] += tmp
-    # Anti-causal initial value (mirror boundary), then the backward pass.
-    np.multiply(c[:, n - 2], z, out=tmp)
-    tmp += c[:, n - 1]
-    np.multiply(tmp, z / (z * z - 1), out=c[:, n - 1])
-    for k in range(n - 2, -1, -1):
-        np.subtract(c[:, k + 1], c[:, k], out=c[:, k])
-        c[:, k] *= z
-
-
-def _evaluate(c: np.ndarray, index: np.ndarray, weights: np.ndarray, out: np.ndarray) -> None:
-    """``out[:, i] = sum_k weights[i, k] * c[:, index[i, k]]`` (along axis 1)."""
-    tmp = np.empty_like(out[:, 0])
-    for i in range(index.shape[0]):
-        o = out[:, i]
-        np.multiply(c[:, index[i, 0]], weights[i, 0], out=o)
-        for k in range(1, index.shape[1]):
-            np.multiply(c[:, index[i, k]], weights[i, k], out=tmp)
-            o += tmp
+    stop = start + len(x)
+    for t in np.flatnonzero((op.first < stop) & (op.last > start)):
+        lo, hi, a, b, block = op.tiles[t]
+        c0, c1 = max(a, start), min(b, stop)
+        part, rows = block[:, c0 - a : c1 - a], x[c0 - start : c1 - start]
+        if c0 == a:
+            np.matmul(part, rows, out=out[lo:hi])
+        else:
+            out[lo:hi] += part @ rows

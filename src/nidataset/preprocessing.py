@@ -7,6 +7,7 @@ in ``_runner``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import numbers
 import os
@@ -20,7 +21,7 @@ import numpy as np
 from . import _nifti, _runner
 from ._labels import resize_labels
 from ._nifti import InvalidVolumeError
-from ._resize import ALIGNS, resize
+from ._resize import ALIGNS, NonFiniteError, resize, resize_slabs, slab_rows
 from ._runner import DatasetError
 
 __all__ = ["DatasetError", "InvalidVolumeError", "resampling", "resampling_dataset"]
@@ -153,12 +154,12 @@ def resampling(
     options = _check_options(interpolation, antialias, align)
     folder = os.fspath(output_path)
     target = os.path.join(folder, _nifti.output_name(path))
-    volume = _nifti.read(path)
-    data = _compute(volume.data, shape, **options)
-    header = _nifti.resized_header(volume.header, shape, align=align)
+    source = _nifti.open_volume(path)
+    data = _compute_file(source, shape, **options)
+    header = _nifti.resized_header(source.header, shape, align=align)
     _make_folder(folder)
     _nifti.write(target, data, header)
-    logger.info("resampled %s %s -> %s %s", path, volume.data.shape, target, shape)
+    logger.info("resampled %s %s -> %s %s", path, source.shape, target, shape)
     if preview:
         _draw_preview(path, target, folder)
     if debug:
@@ -350,6 +351,29 @@ def _check_options(interpolation: str, antialias: bool, align: str) -> dict:
             f"antialias applies to the bspline and linear interpolations, not to {interpolation!r}"
         )
     return {"interpolation": interpolation, "antialias": bool(antialias), "align": align}
+
+
+def _compute_file(
+    source: _nifti.Source, shape: tuple[int, int, int], interpolation: str, antialias: bool, align: str
+) -> np.ndarray:
+    """Resample the stored values of `source`; the result keeps their type.
+
+    B-spline and linear interpolation take the volume a slab of slices at a time, each computed while
+    the next is decompressed; a volume holding NaN or infinity is then read whole (see _resize.resize).
+    """
+    order = _INTERPOLATIONS[interpolation]
+    if order in (1, 3):
+        stored = source.shape[::-1]  # the voxels' C order: Z, Y, X
+        slabs = _nifti.read_slabs(source, slab_rows(stored))
+        try:
+            with contextlib.closing(slabs):
+                options = {"order": order, "align": align, "antialias": antialias}
+                return resize_slabs(
+                    slabs, stored, source.dtype, shape[::-1], **options, output_dtype=source.dtype
+                ).T
+        except NonFiniteError:
+            logger.debug("'%s' holds NaN or infinite values: reading it whole", source.path)
+    return _compute(_nifti.read(source.path).data, shape, interpolation, antialias, align)
 
 
 def _compute(data: np.ndarray, shape: tuple[int, int, int], interpolation: str, antialias: bool, align: str):
