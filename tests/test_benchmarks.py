@@ -27,3 +27,16 @@ def test_accuracy_quick():
     figures = dict(zip(worst[0::3], worst[1::3], strict=True))
     assert set(figures) == {"uint8", "int16", "uint16", "int32", "float32", "float64"}
     assert all(float(f) < 1e-4 for f in figures.values())  # the acceptance tolerance, before rounding
+
+
+def test_single_volume_quick(tmp_path):
+    plot = tmp_path / "scaling.png"
+    out = run("single_volume.py", "--quick", "--plot", str(plot))
+    for line in (
+        "3. import nidataset.preprocessing:",
+        "4. engine alone",
+        "SimpleITK / ours:",
+        "log-log slope over all sizes:",
+    ):
+        assert line in out
+    assert plot.read_bytes().startswith(b"\x89PNG")
