@@ -206,10 +206,25 @@ class TestAtomicWrite:
         assert os.path.dirname(final) == str(tmp_path / "out")  # same folder: the rename is atomic
 
     def test_a_failure_while_writing_leaves_nothing(self, scan, tmp_path, monkeypatch):
-        def fail(self, data):
-            raise OSError(28, "No space left on device")
+        real_fdopen = os.fdopen
 
-        monkeypatch.setattr(_nifti.igzip.IGzipFile, "write", fail)
+        class FullDisk:  # the temporary file, on a disk that fills up at the first write
+            def __init__(self, stream):
+                self.stream = stream
+
+            def write(self, data):
+                raise OSError(28, "No space left on device")
+
+            def __getattr__(self, name):
+                return getattr(self.stream, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.stream.close()
+
+        monkeypatch.setattr(_nifti.os, "fdopen", lambda fd, *args: FullDisk(real_fdopen(fd, *args)))
         with pytest.raises(OSError, match="No space left"):
             resampling(scan, tmp_path / "out", (3, 3, 3))
         assert listing(tmp_path / "out") == []

@@ -10,6 +10,7 @@ destination folder, which is renamed over the final name once complete.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import secrets
@@ -21,7 +22,7 @@ from typing import BinaryIO
 
 import nibabel as nib
 import numpy as np
-from isal import igzip, isal_zlib
+from isal import igzip, igzip_threaded, isal_zlib
 
 from ._geometry import resized_affine, resized_zooms
 
@@ -46,6 +47,9 @@ __all__ = [
 SUFFIX = ".nii.gz"
 #: gzip level of written files (ISA-L's levels go from 0 to 3): fast, and still standard gzip.
 COMPRESS_LEVEL = 1
+#: Threads compressing a written file (blocks of 1 MiB, each primed with the one before: the same bytes
+#: whatever the number of threads).
+COMPRESS_THREADS = 2
 #: Deflate cannot expand data more than 1032-fold, so a file's size bounds what it can hold.
 _MAX_DEFLATE_RATIO = 1033
 #: Bytes decompressed at a time.
@@ -270,8 +274,10 @@ def write(path: str, data: np.ndarray, header) -> None:
     header["vox_offset"] = 0  # nibabel places the data right after the header and extensions
     stored = np.asarray(data, dtype=header.get_data_dtype(), order="F")
     with atomic_file(path) as raw:
-        with igzip.IGzipFile(fileobj=raw, mode="wb", compresslevel=COMPRESS_LEVEL, mtime=0) as gz:
-            header.write_to(gz)
+        with igzip_threaded.open(raw, "wb", compresslevel=COMPRESS_LEVEL, threads=COMPRESS_THREADS) as gz:
+            head = io.BytesIO()  # nibabel writes extensions with tell(), which the threaded writer lacks
+            header.write_to(head)
+            gz.write(head.getbuffer())
             gz.write(stored.T)  # Fortran-ordered voxels, as NIfTI stores them
 
 

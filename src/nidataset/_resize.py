@@ -473,9 +473,12 @@ def _spline_inverse_rows(k0: int, k1: int, n: int, tol: float) -> tuple[int, int
     j = np.arange(a, b)[None, :]
     period = 2 * n - 2
 
+    def power(d: np.ndarray) -> np.ndarray:  # z ** d for integers d >= 0, vectorised
+        return np.where(d % 2, -1.0, 1.0) * np.exp(d * math.log(-z))
+
     def images(d: np.ndarray) -> np.ndarray:  # sum over t of z ** |d + t * period|
         d = d % period
-        return (z**d + z ** (period - d)) / (1 - z**period)
+        return (power(d) + power(period - d)) / (1 - z**period)
 
     block = images(k - j) + np.where((j > 0) & (j < n - 1), images(k + j), 0.0)
     return a, b, (-6 * z / (1 - z * z)) * block
