@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -185,36 +185,30 @@ def resize(
         result = array[_nearest_indices(positions, array.shape)]
         return result if output_dtype is None else _cast(result, np.dtype(output_dtype))
 
-    bad = None
-    values = array
-    if array.dtype.kind == "f":
-        finite = np.isfinite(array)
-        if not finite.all():
-            bad = ~finite
-            if not finite.any():
-                nearest = array[_nearest_indices(positions, array.shape)]
-                return nearest.astype(output_dtype or _float_type(array.dtype))
-            values = _fill_nonfinite(array, bad)
-    values = np.ascontiguousarray(values)
-    rows = slab_rows(values.shape)
-    result = resize_slabs(
-        ((start, values[start : start + rows]) for start in range(0, len(values), rows)),
-        values.shape,
-        values.dtype,
-        shape,
-        order=order,
-        align=align,
-        antialias=antialias,
-        clip=clip,
-        output_dtype=output_dtype if bad is None else None,
-    )
-    if bad is not None:
-        near = _nearest_indices(positions, array.shape)
-        lost = bad[near]
-        result[lost] = array[near][lost]
-        if output_dtype is not None:
-            result = _cast(result, np.dtype(output_dtype))
-    return result
+    options = {"order": order, "align": align, "antialias": antialias, "clip": clip}
+    array = np.ascontiguousarray(array)
+    try:
+        return resize_slabs(
+            _slabs(array), array.shape, array.dtype, shape, **options, output_dtype=output_dtype
+        )
+    except NonFiniteError:
+        pass
+    bad = ~np.isfinite(array)
+    if bad.all():
+        nearest = array[_nearest_indices(positions, array.shape)]
+        return nearest.astype(output_dtype or _float_type(array.dtype))
+    values = _fill_nonfinite(array, bad)
+    result = resize_slabs(_slabs(values), values.shape, values.dtype, shape, **options)
+    near = _nearest_indices(positions, array.shape)
+    lost = bad[near]
+    result[lost] = array[near][lost]
+    return result if output_dtype is None else _cast(result, np.dtype(output_dtype))
+
+
+def _slabs(array: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """Cut a C-contiguous array into the slabs (views) that :func:`resize_slabs` takes."""
+    rows = slab_rows(array.shape)
+    return ((start, array[start : start + rows]) for start in range(0, len(array), rows))
 
 
 def slab_rows(shape: Sequence[int]) -> int:
@@ -261,10 +255,10 @@ def resize_slabs(
     bounds = []
 
     def check(block: np.ndarray) -> None:
-        if block.dtype.kind == "f" and not np.isfinite(block).all():
+        low, high = block.min(), block.max()  # NaN if there is one
+        if block.dtype.kind == "f" and not (np.isfinite(low) and np.isfinite(high)):
             raise NonFiniteError("the array holds NaN or infinite values")
-        if clip:
-            bounds.append((block.min(), block.max()))
+        bounds.append((low, high))
 
     result = _run(slabs, in_shape, operators, ftype, check)
     if clip:
