@@ -72,7 +72,17 @@ def small_pieces(monkeypatch):
 @pytest.mark.usefixtures("small_pieces")
 @pytest.mark.parametrize("antialias", [False, True])
 def test_tiles_and_slabs_agree_with_scipy(antialias, rng):
-    for old, new in [((30, 40, 50), (13, 17, 60)), ((50, 40, 30), (60, 17, 13)), ((41, 3, 2), (7, 5, 2))]:
+    cases = [
+        ((30, 40, 50), (13, 17, 60)),
+        ((50, 40, 30), (60, 17, 13)),
+        ((41, 3, 2), (7, 5, 2)),
+        ((5, 3, 40), (61, 7, 9)),  # tiles past the rows held so far
+        ((97, 4, 3), (6, 4, 3)),  # tiles far wider than a slab
+        ((400, 3, 2), (170, 2, 3)),  # many more rows than held at once: the rows move down
+        ((300, 2, 2), (900, 2, 3)),
+        ((1000, 2, 2), (10, 2, 2)),  # rows between tiles that no output needs
+    ]
+    for old, new in cases:
         x = rng.standard_normal(old)
         expected = x
         if antialias:
@@ -81,6 +91,14 @@ def test_tiles_and_slabs_agree_with_scipy(antialias, rng):
                     expected = ndimage.gaussian_filter1d(expected, (o / n - 1) / 2, axis=axis, mode="mirror")
         got = resize(x, new, clip=False, antialias=antialias)
         np.testing.assert_allclose(got, mirror_spline(expected, new), atol=1e-12)
+
+
+def test_rows_no_output_needs_are_dropped_when_the_buffer_fills(small_pieces, monkeypatch, rng):
+    # One output per tile, 100 rows apart: the buffer can fill up while the rows come from a gap that no
+    # tile reads.
+    monkeypatch.setattr(_resize, "_TILE", 1)
+    x = rng.standard_normal((1000, 2, 2))
+    np.testing.assert_allclose(resize(x, (10, 2, 2), clip=False), mirror_spline(x, (10, 2, 2)), atol=1e-12)
 
 
 @pytest.mark.parametrize(

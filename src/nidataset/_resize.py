@@ -19,9 +19,9 @@ as dense tiles of a few rows over the columns where it exceeds the rounding leve
 type, and applied with BLAS matrix products.
 
 The array is taken a slab at a time along its first axis, as it comes off disk: each slab gets its
-shrinking axes resized at once and is folded into the first axis's result; the other axes are resized
-at the end. Memory stays a few slabs plus the (smaller) intermediate, and reading the next slab can go
-on while one is computed.
+shrinking axes resized at once, and each tile of the first axis's matrix is computed as soon as the rows
+it reads have come in; the growing axes are resized at the end. Memory stays a few slabs plus the
+(smaller) intermediate, and reading the next slab goes on while one is computed.
 """
 
 from __future__ import annotations
@@ -537,6 +537,9 @@ class _Resampler:
         for axis in self.after:
             middle[axis] = shape[axis]
         self.middle = np.empty(middle, dtype=ftype)  # every axis but `after` resized
+        if operators[0] is not None:
+            width = math.prod(self.middle.shape[1:])
+            self.rows = _Rows(operators[0], width, ftype, slab_rows(shape))
         self.done = 0
 
     def feed(self, start: int, block: np.ndarray) -> None:
@@ -548,8 +551,7 @@ class _Resampler:
         if self.operators[0] is None:
             self.middle[start : start + len(x)] = x
         else:
-            flat = self.middle.reshape(len(self.middle), -1)
-            _accumulate(flat, x.reshape(len(x), -1), start, self.operators[0])
+            self.rows.add(x.reshape(len(x), -1), self.middle.reshape(len(self.middle), -1))
         self.done = start + len(x)
 
     def result(self) -> np.ndarray:
@@ -568,6 +570,38 @@ class _Resampler:
                 y = _apply(y, axis, self.operators[axis])
             out[start : start + rows] = y
         return out
+
+
+class _Rows:
+    """Input rows along the first axis, held until every tile of its matrix that reads them is computed.
+
+    A tile is computed as soon as its last row has come in, in one matrix product over its rows. The
+    buffer holds the rows of the widest tile plus as many again (or a slab), so that the rows still
+    needed are moved down only once per that many rows.
+    """
+
+    def __init__(self, op: _Operator, width: int, ftype: np.dtype, slab: int):
+        self.op = op
+        span = int((op.last - op.first).max())
+        self.buffer = np.empty((span + max(span, slab), width), dtype=ftype)
+        self.first = 0  # the input row held in buffer[0]
+        self.held = 0
+        self.todo = sorted(range(len(op.tiles)), key=lambda t: op.tiles[t][3])  # by their last row
+
+    def add(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """Take the next `rows` (2D), and write the rows of `out` (2D) that can now be computed."""
+        end = self.first + self.held
+        if self.held + len(rows) > len(self.buffer):
+            keep = min(min(int(self.op.first[t]) for t in self.todo), end) if self.todo else end
+            drop = keep - self.first
+            self.buffer[: self.held - drop] = self.buffer[drop : self.held]
+            self.first, self.held = keep, self.held - drop
+        self.buffer[self.held : self.held + len(rows)] = rows
+        self.held += len(rows)
+        end += len(rows)
+        while self.todo and self.op.tiles[self.todo[0]][3] <= end:
+            lo, hi, a, b, block = self.op.tiles[self.todo.pop(0)]
+            np.matmul(block, self.buffer[a - self.first : b - self.first], out=out[lo:hi])
 
 
 def _run(
@@ -617,20 +651,3 @@ def _apply(x: np.ndarray, axis: int, op: _Operator) -> np.ndarray:
         for lo, hi, a, b, block in op.tiles:
             np.matmul(block, planes[:, a:b], out=out[:, lo:hi])
     return out.reshape(*x.shape[:axis], op.new, *x.shape[axis + 1 :])
-
-
-def _accumulate(out: np.ndarray, x: np.ndarray, start: int, op: _Operator) -> None:
-    """Add rows ``start:start + len(x)`` of the input's contribution to ``out = M @ input`` (2D arrays).
-
-    Slabs come in order, so the slab holding a tile's first column writes the tile's rows; later slabs
-    add to them.
-    """
-    stop = start + len(x)
-    for t in np.flatnonzero((op.first < stop) & (op.last > start)):
-        lo, hi, a, b, block = op.tiles[t]
-        c0, c1 = max(a, start), min(b, stop)
-        part, rows = block[:, c0 - a : c1 - a], x[c0 - start : c1 - start]
-        if c0 == a:
-            np.matmul(part, rows, out=out[lo:hi])
-        else:
-            out[lo:hi] += part @ rows
