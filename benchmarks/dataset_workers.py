@@ -1,9 +1,14 @@
 """A folder of CT-like scans: nidataset with 1 and 2 workers, and nidataset 0.9.1, side by side.
 
 Each run is a whole process (``python -c "...resampling_dataset(...)"``: start-up and imports included),
-runs are interleaved round by round so that all three see the same machine load, and the figures are
+runs are interleaved round by round so that all of them see the same machine load, and the figures are
 medians over the rounds. The reference runs in its own venv (see _reference.py); ``--no-reference``
 leaves it out.
+
+With ``workers=1`` each file is read on one thread while the slab read before is computed on another, so
+one process already keeps both cores of a 2-core machine busy. The processes of ``workers=2`` compute on
+one thread each. The row "workers=1, one thread" runs the single process that way too: against it,
+``workers=2`` shows how well processes share the cores.
 
     .venv/bin/python benchmarks/dataset_workers.py              # 8 scans of 256x256x160 -> 128x128x96
     .venv/bin/python benchmarks/dataset_workers.py --quick      # a tiny configuration (the test suite's)
@@ -27,16 +32,19 @@ from nidataset._phantom import ct_phantom
 RUN = """
 import time
 from nidataset.preprocessing import resampling_dataset
+{setup}
 start = time.perf_counter()
 resampling_dataset({folder!r}, {out!r}, {size!r}, {extra})
 print(time.perf_counter() - start)
 """
+#: What the processes of a pool run first (preprocessing._one_thread_each), for a single process.
+ONE_THREAD = "from nidataset import preprocessing; preprocessing._one_thread_each()"
 
 
-def timed(python, folder, out, size, extra=""):
+def timed(python, folder, out, size, extra="", setup=""):
     """Whole-process wall time and the time of the call alone (after the imports), in seconds."""
     shutil.rmtree(out, ignore_errors=True)
-    code = RUN.format(folder=folder, out=out, size=size, extra=extra)
+    code = RUN.format(folder=folder, out=out, size=size, extra=extra, setup=setup)
     start = time.perf_counter()
     done = subprocess.run([python, "-c", code], capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -71,17 +79,16 @@ def main():
             nib.save(nib.Nifti1Image(data, affine), os.path.join(folder, f"ct_{i:03d}.nii.gz"))
         size = tuple(args.size)
         runs = {
-            "nidataset workers=1": (sys.executable, ""),
-            "nidataset workers=2": (sys.executable, "workers=2, progress=False"),
+            "nidataset workers=1": (sys.executable, "progress=False", ""),
+            "workers=1, one thread": (sys.executable, "progress=False", ONE_THREAD),
+            "nidataset workers=2": (sys.executable, "workers=2, progress=False", ""),
         }
         if not args.no_reference:
-            runs["nidataset 0.9.1"] = (reference_python(), "")
+            runs["nidataset 0.9.1"] = (reference_python(), "", "")
         times = {name: [] for name in runs}
         for _ in range(args.rounds):
-            for name, (python, extra) in runs.items():
-                if "workers" in name and "progress" not in extra:
-                    extra = "progress=False"
-                times[name].append(timed(python, folder, os.path.join(root, "out"), size, extra))
+            for name, (python, extra, setup) in runs.items():
+                times[name].append(timed(python, folder, os.path.join(root, "out"), size, extra, setup))
 
     print(
         f"{args.scans} int16 CT-like scans {'x'.join(map(str, args.shape))} -> {size}, {args.rounds} rounds"
@@ -95,17 +102,19 @@ def main():
         medians[name] = (wall, call)
         print(f"{name:<22}{wall:>22.2f} s{call:>24.2f} s")
     one, two = medians["nidataset workers=1"], medians["nidataset workers=2"]
+    single = medians["workers=1, one thread"]
 
     def ratio(slow, fast, digits):
         return (
             f"{slow[0] / fast[0]:.{digits}f}x whole process, {slow[1] / fast[1]:.{digits}f}x the call alone"
         )
 
-    print(f"\nworkers=2 vs workers=1: {ratio(one, two, 2)}")
+    print(f"\nworkers=2 vs workers=1:             {ratio(one, two, 2)}")
+    print(f"workers=2 vs workers=1, one thread: {ratio(single, two, 2)}")
     if "nidataset 0.9.1" in medians:
         ref = medians["nidataset 0.9.1"]
-        print(f"workers=2 vs 0.9.1:     {ratio(ref, two, 1)}")
-        print(f"workers=1 vs 0.9.1:     {ratio(ref, one, 1)}")
+        print(f"workers=2 vs 0.9.1:                 {ratio(ref, two, 1)}")
+        print(f"workers=1 vs 0.9.1:                 {ratio(ref, one, 1)}")
 
 
 if __name__ == "__main__":

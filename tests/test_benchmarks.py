@@ -18,7 +18,7 @@ def run(script, *args):
 def test_dataset_workers_quick():
     out = run("dataset_workers.py", "--quick")
     assert "nidataset workers=1" in out and "nidataset workers=2" in out
-    assert "workers=2 vs workers=1:" in out
+    assert "workers=2 vs workers=1:" in out and "workers=2 vs workers=1, one thread:" in out
 
 
 def test_accuracy_quick():

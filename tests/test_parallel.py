@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import write_nifti
-from nidataset import DatasetError, resampling_dataset
+from nidataset import DatasetError, _nifti, _resize, _runner, preprocessing, resampling_dataset
 
 SIZE = (9, 10, 7)
 
@@ -34,6 +34,30 @@ def serial(dataset, tmp_path_factory):
 
 def relative(outputs, root):
     return [os.path.relpath(p, root) for p in outputs]
+
+
+def threads_of_this_process(path):
+    return f"{path}: overlap={_resize.OVERLAP} compress_threads={_nifti.COMPRESS_THREADS}"
+
+
+def test_processes_of_the_local_pool_compute_on_one_thread_each(dataset, tmp_path, monkeypatch):
+    # The pool's processes fill the cores: in each, no reading thread beside the computing one, and one
+    # compressing thread. This process keeps its own settings.
+    seen = {}
+    real_run = _runner.run
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(_runner, "run", spy)
+    resampling_dataset(dataset, tmp_path, SIZE, workers=2, progress=False)
+    assert seen["initializer"] is preprocessing._one_thread_each
+    reports = real_run(
+        ["a", "b"], threads_of_this_process, workers=2, progress=False, initializer=seen["initializer"]
+    )
+    assert reports == ["a: overlap=False compress_threads=1", "b: overlap=False compress_threads=1"]
+    assert _resize.OVERLAP is True and _nifti.COMPRESS_THREADS == 2
 
 
 def test_workers_give_the_same_bytes_in_input_order(dataset, serial, tmp_path):

@@ -53,6 +53,9 @@ ALIGNS = ("origin", "center")
 _POLE = math.sqrt(3.0) - 2.0
 #: Output samples per tile of an axis matrix.
 _TILE = 16
+#: Compute each slab in a worker thread while the next is produced (see :func:`resize_slabs`); processes of
+#: a pool that already fills the cores turn it off.
+OVERLAP = True
 #: Input values per slab (a slab is this many values' worth of whole rows along the first axis).
 _SLAB = 1 << 21
 
@@ -619,6 +622,11 @@ def _run(
             check(block)
         resampler.feed(start, block)
 
+    if not OVERLAP:
+        with _one_blas_thread():
+            for start, block in slabs:
+                step(start, block)
+            return resampler.result()
     with _one_blas_thread(), ThreadPoolExecutor(1, thread_name_prefix="nidataset-resize") as pool:
         pending = None
         for start, block in slabs:  # the next slab is produced here while the last one is computed

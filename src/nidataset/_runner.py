@@ -64,11 +64,13 @@ def run(
     executor: Executor | None = None,
     progress: bool = True,
     desc: str = "Resampling",
+    initializer: Callable[[], None] | None = None,
 ) -> list[str]:
     """Apply `job` to every input, going on past failures.
 
     With ``workers > 1`` the inputs run on a local process pool of that size (`job` must then be
-    picklable); with an `executor` they run on it; otherwise one after the other in this process. The
+    picklable), each of whose processes first runs `initializer`; with an `executor` they run on it;
+    otherwise one after the other in this process. The
     progress bar advances as inputs finish, in whatever order they finish.
 
     Returns the outputs in input order. If any input failed, raises :class:`DatasetError` once all the
@@ -95,7 +97,7 @@ def run(
     else:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        pool = executor or ProcessPoolExecutor(max_workers=min(workers, len(inputs)))
+        pool = executor or ProcessPoolExecutor(max_workers=min(workers, len(inputs)), initializer=initializer)
         futures = {}
         try:
             for index, path in enumerate(inputs):

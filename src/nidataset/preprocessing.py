@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _nifti, _runner
+from . import _nifti, _resize, _runner
 from ._labels import resize_labels
 from ._nifti import InvalidVolumeError
 from ._resize import ALIGNS, NonFiniteError, resize, resize_slabs, slab_rows
@@ -271,7 +271,9 @@ def resampling_dataset(
     job = _DatasetJob(
         os.fspath(output_path), saving_mode, shape, options, bool(skip_existing), secrets.token_hex(8)
     )
-    outputs = _runner.run(inputs, job, workers=int(workers), executor=executor, progress=progress)
+    outputs = _runner.run(
+        inputs, job, workers=int(workers), executor=executor, progress=progress, initializer=_one_thread_each
+    )
     if debug:
         print(f"Resampling completed for all files in '{os.fspath(nii_folder)}'")
     return outputs
@@ -291,6 +293,12 @@ class _DatasetJob:
     def __call__(self, path: str) -> str:
         folder = self.root if self.saving_mode == "folder" else os.path.join(self.root, _case_folder(path))
         return _resample_unless_done(path, folder, self.shape, self.options, self.skip_existing)
+
+
+def _one_thread_each() -> None:
+    """Set up a process of the local pool: the processes fill the cores, so each computes on one thread."""
+    _resize.OVERLAP = False
+    _nifti.COMPRESS_THREADS = 1
 
 
 def _resample_unless_done(
