@@ -175,6 +175,22 @@ def test_volumes_streamed_in_many_slabs_give_the_engine_values(tmp_path, monkeyp
     np.testing.assert_array_equal(np.asanyarray(nib.load(out).dataobj), expected)
 
 
+@pytest.mark.parametrize("where", [0.5, 0.97])
+def test_data_corrupt_past_the_first_slabs_names_the_file(tmp_path, monkeypatch, rng, where):
+    # The header and the size in the gzip trailer are right; the damage shows only once slabs are being
+    # computed (a bad deflate block, or the checksum at the end).
+    monkeypatch.setattr(_resize, "_SLAB", 2 * 30 * 20)
+    good = Path(write_nifti(tmp_path / "good.nii.gz", rng.integers(0, 3000, (20, 30, 17)).astype(np.int16)))
+    damaged = bytearray(good.read_bytes())
+    spot = int(len(damaged) * where)
+    damaged[spot : spot + 8] = bytes(255 - b for b in damaged[spot : spot + 8])
+    path = tmp_path / "damaged.nii.gz"
+    path.write_bytes(damaged)
+    with pytest.raises(InvalidVolumeError, match=r"'.*damaged.nii.gz' is not a readable NIfTI file"):
+        resampling(path, tmp_path / "out", (9, 9, 9))
+    assert listing(tmp_path / "out") == []
+
+
 def test_output_is_standard_gzip(scan, tmp_path):
     out = resampling(scan, tmp_path / "out", (3, 3, 3))
     with gzip.open(out, "rb") as stream:  # Python's own zlib reads it
