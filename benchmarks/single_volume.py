@@ -207,7 +207,7 @@ def main():
             for name, python in runs.items():
                 results[name].append(whole_process(python, src, os.path.join(root, "out"), args.size))
         speed = engine(data, tuple(args.size), args.rounds, args.sitk_rounds)
-        growth = scaling(root, shapes, 3 if not args.quick else 1)
+        growth = scaling(root, shapes, args.rounds)
 
     shape = "x".join(map(str, args.shape))
     print(f"{shape} int16 CT-like volume ({megabytes:.0f} MB .nii.gz) -> {tuple(args.size)}")
