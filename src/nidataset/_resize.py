@@ -235,10 +235,10 @@ def resize_slabs(
 
     `slabs` yields ``(start, array[start : start + slab_rows(in_shape)])`` for ``start = 0, rows,
     2 * rows, ...`` (see :func:`slab_rows`), in that order. Each slab is computed in a worker thread while
-    the caller's iterator produces the next one, so that producing slabs (reading and decompressing a
-    file, say) overlaps with computing them. A slab is done with before the iterator is asked for the
-    one after next, so the iterator may fill two buffers in turn. The result is the same, bit for bit, as
-    :func:`resize` of the whole array. Only for order 1 and 3.
+    the caller's iterator produces the next one (unless :data:`OVERLAP` is off), so that producing slabs
+    (reading and decompressing a file, say) overlaps with computing them. A slab is done with before the
+    iterator is asked for the one after next, so the iterator may fill two buffers in turn. The result is
+    the same, bit for bit, as :func:`resize` of the whole array. Only for order 1 and 3.
 
     Raises
     ------
@@ -284,9 +284,7 @@ def resample(
         _operator(np.asarray(pos, dtype=np.float64), old, order, 0.0, ftype)
         for pos, old in zip(positions, array.shape, strict=True)
     ]
-    rows = slab_rows(array.shape)
-    slabs = ((start, array[start : start + rows]) for start in range(0, len(array), rows))
-    return _run(slabs, array.shape, operators, ftype)
+    return _run(_slabs(array), array.shape, operators, ftype)
 
 
 def _check(array: np.ndarray, shape: Sequence[int], order: int, align: str) -> tuple[int, ...]:
