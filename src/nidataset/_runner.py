@@ -70,8 +70,8 @@ def run(
 
     With ``workers > 1`` the inputs run on a local process pool of that size (`job` must then be
     picklable), each of whose processes first runs `initializer`; with an `executor` they run on it;
-    otherwise one after the other in this process. The
-    progress bar advances as inputs finish, in whatever order they finish.
+    otherwise one after the other in this process. The progress bar advances as inputs finish, in
+    whatever order they finish.
 
     Returns the outputs in input order. If any input failed, raises :class:`DatasetError` once all the
     others are done, naming each failed input and its reason.
