@@ -404,3 +404,37 @@ def test_antialias_uses_scikit_image_sigma(rng):
 def test_bad_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
         resize(np.ones((3, 3, 3)), (2, 2, 2), **kwargs)
+
+
+def blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+
+
+def test_blas_on_one_thread_during_a_call_then_as_before(rng, monkeypatch):
+    before = blas_threads()
+    during = []
+    feed = _resize._Resampler.feed
+
+    def spy(self, start, block):
+        during.extend(blas_threads())
+        feed(self, start, block)
+
+    monkeypatch.setattr(_resize._Resampler, "feed", spy)
+    resize(rng.standard_normal((20, 30, 10)), (7, 9, 5))
+    assert during and set(during) == {1}
+    assert blas_threads() == before
+
+
+def test_calls_from_other_threads_leave_blas_settings_alone(rng):
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = blas_threads()
+    x = rng.standard_normal((60, 50, 40)).astype(np.float32)
+    expected = resize(x, (25, 30, 35))
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: resize(x, (25, 30, 35)), range(12)))
+    assert blas_threads() == before
+    for result in results:
+        np.testing.assert_array_equal(result, expected)

@@ -26,8 +26,10 @@ it reads have come in; the growing axes are resized at the end. Memory stays a f
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -636,11 +638,26 @@ def _run(
         return resampler.result()
 
 
-def _one_blas_thread():
-    """Keep BLAS on one thread: the engine runs its own threads, and processes of a pool each take a core."""
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """Keep BLAS on one thread: the engine runs its own threads, and processes of a pool each take a core.
+
+    The limit is process-wide, and OpenBLAS does not reliably take it from threads other than the main
+    one (a limit set there can stay after it is lifted): so it is set for calls from the main thread only
+    (as in the processes of a local pool), and other threads leave the process's settings alone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(limits=1, user_api="blas")
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter = None
 
 
 def _apply(x: np.ndarray, axis: int, op: _Operator) -> np.ndarray:
