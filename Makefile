@@ -17,7 +17,7 @@ $(VENV)/.base: pyproject.toml | $(BIN)/activate
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
-# Plus the test extras (pytest, hypothesis, SimpleITK as the oracle, ruff).
+# Plus the test extras (pytest, hypothesis, SimpleITK as the oracle, ruff, mypy).
 $(VENV)/.test: $(VENV)/.base
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
@@ -28,11 +28,13 @@ demo: $(VENV)/.base
 test: $(VENV)/.test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(PY) -m pytest
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache .hypothesis

@@ -20,10 +20,10 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from conftest import sitk_resample, smooth_volume, write_nifti
+from helpers import sitk_resample, smooth_volume, write_nifti
 from nidataset import resampling
+from nidataset._engine import resize
 from nidataset._phantom import ct_phantom
-from nidataset._resize import resize
 
 CASES = {
     "down": ((40, 36, 30), (17, 20, 11)),

@@ -7,8 +7,8 @@ leaves it out.
 
 With ``workers=1`` each file is read on one thread while the slab read before is computed on another, so
 one process already keeps both cores of a 2-core machine busy. The processes of ``workers=2`` compute on
-one thread each. The row "workers=1, one thread" runs the single process that way too: against it,
-``workers=2`` shows how well processes share the cores.
+one thread each. The row "workers=1, one thread" runs the single process that way too (``threads=1``):
+against it, ``workers=2`` shows how well processes share the cores.
 
     .venv/bin/python benchmarks/dataset_workers.py              # 8 scans of 256x256x160 -> 128x128x96
     .venv/bin/python benchmarks/dataset_workers.py --quick      # a tiny configuration (the test suite's)
@@ -37,8 +37,6 @@ start = time.perf_counter()
 resampling_dataset({folder!r}, {out!r}, {size!r}, {extra})
 print(time.perf_counter() - start)
 """
-#: What the processes of a pool run first (preprocessing._one_thread_each), for a single process.
-ONE_THREAD = "from nidataset import preprocessing; preprocessing._one_thread_each()"
 
 
 def timed(python, folder, out, size, extra="", setup=""):
@@ -80,7 +78,7 @@ def main():
         size = tuple(args.size)
         runs = {
             "nidataset workers=1": (sys.executable, "progress=False", ""),
-            "workers=1, one thread": (sys.executable, "progress=False", ONE_THREAD),
+            "workers=1, one thread": (sys.executable, "progress=False, threads=1", ""),
             "nidataset workers=2": (sys.executable, "workers=2, progress=False", ""),
         }
         if not args.no_reference:

@@ -30,8 +30,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _reference import reference_python
+from nidataset._engine import resize
 from nidataset._phantom import ct_phantom
-from nidataset._resize import resize
 from nidataset.preprocessing import resampling
 
 SPACING = (0.7, 0.7, 1.25)

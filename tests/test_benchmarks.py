@@ -40,3 +40,36 @@ def test_single_volume_quick(tmp_path):
     ):
         assert line in out
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_streaming_quick():
+    src = Path(__file__).parent.parent / "src"  # this checkout as the "other" one: the comparison rows run
+    out = run("streaming.py", "--quick", "--baseline-src", str(src), "--threads", "1")
+    for line in (
+        "a. t1.nii.gz: 20x23x19 uint8 -> (40, 46, 38)",
+        "wall, baseline checkout / this project:",
+        "b. 16x16x16 int16 CT-like -> (60, 60, 60)",
+        "b1. peak RSS, this project:",
+        "b2. wall, baseline checkout / this project:",
+    ):
+        assert line in out
+
+
+def test_executors_quick():
+    out = run("executors.py", "--quick")
+    for line in (
+        "Dask 2 processes x 1 thread",
+        "Dask 1 process x 2 threads",
+        "ThreadPoolExecutor(2) x resampling()",
+        "1. Dask 2 processes x 1 thread: time(workers=2) / time(Dask):",
+        "2. Dask 1 process x 2 threads: time(workers=2) / time(Dask):",
+        "3. 2 scans, thread pool: time(workers=2) / time(pool):",
+    ):
+        assert line in out
+
+
+def test_labels_preview_quick():
+    out = run("labels_preview.py", "--quick")
+    for line in ("1a. label / bspline:", "1b. label / bspline:", "2. wall added by preview=True:"):
+        assert line in out
+    assert "uint8, 256 values)" in out  # the grey-matter stand-in has every uint8 value, as the real map does

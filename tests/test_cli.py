@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import write_nifti
+from helpers import write_nifti
 from nidataset import resampling_dataset
 from nidataset._phantom import ct_phantom
 from nidataset.cli import main

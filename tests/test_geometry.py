@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from conftest import write_nifti
+from helpers import write_nifti
 from nidataset import resampling
 from nidataset._geometry import resized_affine, resized_zooms
 

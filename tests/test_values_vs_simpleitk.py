@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import mirror_spline, sitk_resample, smooth_volume, write_nifti
+from helpers import mirror_spline, sitk_resample, smooth_volume, write_nifti
 from nidataset import resampling
 
 CASES = {

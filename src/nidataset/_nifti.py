@@ -3,22 +3,26 @@
 Volumes are read as their stored values (``scl_slope``/``scl_inter`` are not applied) and written back
 with the input's header, so scaled data keep their scaling and on-disk type. nibabel parses the header;
 the voxels are inflated by ISA-L (python-isal: 2-4 times faster than zlib, the same standard gzip),
-whole or a slab of slices at a time. Writes are atomic: the data go to a hidden temporary file in the
-destination folder, which is renamed over the final name once complete.
+whole or a slab of slices at a time, and written back a slab at a time by :class:`SlabWriter`. Writes
+are atomic: the data go to a hidden temporary file in the destination folder, which is renamed over the
+final name once complete. :class:`MidPlanes` keeps the three mid-planes of slabs as they stream by, for
+previews.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import math
 import os
 import secrets
 import socket
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from types import TracebackType
+from typing import Any, BinaryIO
 
 import nibabel as nib
 import numpy as np
@@ -30,6 +34,8 @@ __all__ = [
     "READ_ERRORS",
     "SUFFIX",
     "InvalidVolumeError",
+    "MidPlanes",
+    "SlabWriter",
     "Source",
     "Volume",
     "atomic_file",
@@ -37,19 +43,20 @@ __all__ = [
     "output_name",
     "prefix",
     "read",
+    "read_mid_planes",
     "read_slabs",
+    "read_stored",
     "remove_stale_temporaries",
     "resized_header",
-    "write",
 ]
 
 #: The only file name ending accepted and written.
 SUFFIX = ".nii.gz"
 #: gzip level of written files (ISA-L's levels go from 0 to 3): fast, and still standard gzip.
 COMPRESS_LEVEL = 1
-#: Threads compressing a written file (blocks of 1 MiB, each primed with the one before: the same bytes
-#: whatever the number of threads).
-COMPRESS_THREADS = 2
+#: Bytes compressed at a time, each block primed with the 32 KiB before it: the same bytes whatever the
+#: number of threads compressing.
+_BLOCK = 1 << 20
 #: Deflate cannot expand data more than 1032-fold, so a file's size bounds what it can hold.
 _MAX_DEFLATE_RATIO = 1033
 #: Bytes decompressed at a time.
@@ -63,7 +70,14 @@ class InvalidVolumeError(ValueError):
 
 
 #: What reading a damaged or foreign file raises (beyond missing files and permissions).
-READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, isal_zlib.error, nib.filebasedimages.ImageFileError)
+READ_ERRORS: tuple[type[BaseException], ...] = (  # type: ignore[assignment]  # isal types error as an instance
+    OSError,
+    EOFError,
+    ValueError,
+    zlib.error,
+    isal_zlib.error,
+    nib.filebasedimages.ImageFileError,
+)
 
 
 @dataclass(frozen=True)
@@ -75,10 +89,16 @@ class Source:
     """
 
     path: str
-    header: object  # nibabel.Nifti1Header or Nifti2Header
+    header: nib.Nifti1Header  # or a Nifti2Header
     shape: tuple[int, int, int]
     dtype: np.dtype
     offset: int
+
+    @property
+    def stored_shape(self) -> tuple[int, int, int]:
+        """Shape of the voxels in the order they are stored, as a C-ordered array: ``Z, Y, X``."""
+        x, y, z = self.shape
+        return z, y, x
 
 
 @dataclass(frozen=True)
@@ -87,7 +107,7 @@ class Volume:
 
     path: str
     data: np.ndarray
-    header: object  # nibabel.Nifti1Header or Nifti2Header
+    header: nib.Nifti1Header  # or a Nifti2Header
 
 
 def prefix(path: str | os.PathLike) -> str:
@@ -132,7 +152,8 @@ def open_volume(path: str) -> Source:
             raise InvalidVolumeError(f"'{path}' is not a NIfTI image (read as {type(image).__name__})")
         # nibabel moves scl_slope/scl_inter from the header it returns into the data proxy: put them back.
         header = image.header.copy()
-        slope, inter = float(image.dataobj.slope), float(image.dataobj.inter)
+        proxy: Any = image.dataobj
+        slope, inter = float(proxy.slope), float(proxy.inter)
         if (slope, inter) != (1.0, 0.0):
             header.set_slope_inter(slope, inter)
         shape = tuple(int(n) for n in header.get_data_shape())
@@ -143,9 +164,10 @@ def open_volume(path: str) -> Source:
             raise InvalidVolumeError(
                 f"'{path}' holds {dtype} voxels; only integer and real ones can be resampled"
             )
-        offset = int(image.dataobj.offset)  # the header nibabel returns has vox_offset reset to 0
+        offset = int(proxy.offset)  # the header nibabel returns has vox_offset reset to 0
         _check_claimed_size(path, offset + math.prod(shape) * dtype.itemsize)
-    return Source(path=path, header=header, shape=shape[:3], dtype=dtype, offset=offset)
+    x, y, z = shape[:3]
+    return Source(path=path, header=header, shape=(x, y, z), dtype=dtype, offset=offset)
 
 
 def read(path: str) -> Volume:
@@ -157,25 +179,47 @@ def read(path: str) -> Volume:
     return Volume(path=path, data=data, header=source.header)
 
 
-def read_slabs(source: Source, slices: int, buffers: int = 2) -> Iterator[tuple[int, np.ndarray]]:
+def read_stored(source: Source) -> np.ndarray:
+    """All voxels of `source` as stored: a new C-ordered ``Z, Y, X`` array (the volume's transpose)."""
+    data = np.empty(source.stored_shape, dtype=source.dtype)
+    with _voxels(source) as fill:
+        fill(data)
+    return data
+
+
+def read_slabs(
+    source: Source, slices: int, buffers: Iterator[np.ndarray] | None = None
+) -> Generator[np.ndarray, None, None]:
     """Yield the voxels of `source`, `slices` z-slices at a time, each decompressed as it is asked for.
 
-    Each item is ``(start, block)`` where ``block[k, j, i]`` is voxel ``(i, j, start + k)``: a slab of the
-    volume's transpose (C-ordered, ``Z, Y, X``). The blocks take turns in `buffers` arrays, so a block
-    is overwritten `buffers` items later (new arrays would cost a page fault per 4 kB each time).
+    Each block is a slab of the volume's transpose (C-ordered, ``Z, Y, X``): ``block[k, j, i]`` is voxel
+    ``(i, j, start + k)`` of the slab starting at slice ``start``. Each block is decompressed into the next
+    array of `buffers` (arrays of at least ``slices`` slices, reused rather than allocated anew, which costs
+    a page fault per 4 kB); by default one array serves every block, so a block is overwritten by the next.
 
     Raises
     ------
     InvalidVolumeError
         If the voxel data are corrupt or end early; the message names the file.
     """
-    nx, ny, nz = source.shape
-    ring = [np.empty((min(slices, nz), ny, nx), dtype=source.dtype) for _ in range(buffers)]
+    nz, ny, nx = source.stored_shape
+    if buffers is None:
+        one = np.empty((min(slices, nz), ny, nx), dtype=source.dtype)
+        buffers = itertools.repeat(one)
     with _voxels(source) as fill:
-        for turn, start in enumerate(range(0, nz, slices)):
-            block = ring[turn % buffers][: nz - start]
+        for start in range(0, nz, slices):
+            block = next(buffers)[: min(slices, nz - start)]
             fill(block)
-            yield start, block
+            yield block
+
+
+def read_mid_planes(path: str) -> MidPlanes:
+    """Read the three mid-planes of the volume at `path`, a slab at a time (see :class:`MidPlanes`)."""
+    source = open_volume(path)
+    planes = MidPlanes(source.header)
+    for block in read_slabs(source, max(1, (1 << 21) // max(1, source.shape[0] * source.shape[1]))):
+        planes.add(block)
+    return planes
 
 
 @contextlib.contextmanager
@@ -190,7 +234,7 @@ def _read_errors(path: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _voxels(source: Source):
+def _voxels(source: Source) -> Iterator[Callable[[np.ndarray], None]]:
     """Open the voxels of `source`; yield a function that fills C-contiguous arrays from them, in order."""
     with _read_errors(source.path), igzip.open(source.path, "rb") as stream:
         stream.seek(source.offset)
@@ -198,7 +242,7 @@ def _voxels(source: Source):
 
         def fill(array: np.ndarray) -> None:
             nonlocal done
-            target = memoryview(array).cast("B")
+            target = memoryview(array).cast("B")  # type: ignore[arg-type]
             filled = 0
             while filled < len(target):
                 n = stream.readinto(target[filled : filled + _CHUNK])
@@ -243,7 +287,7 @@ def _check_claimed_size(path: str, claimed: int) -> None:
         )
 
 
-def resized_header(header, shape: Sequence[int], align: str = "origin"):
+def resized_header(header: nib.Nifti1Header, shape: Sequence[int], align: str = "origin") -> nib.Nifti1Header:
     """Copy of a NIfTI `header` describing the same field of view on a grid of `shape`.
 
     Both the sform and the qform become the input's resized as :func:`_geometry.resized_affine` says (a
@@ -264,21 +308,133 @@ def resized_header(header, shape: Sequence[int], align: str = "origin"):
     return new
 
 
-def write(path: str, data: np.ndarray, header) -> None:
-    """Write `data` (stored values) with `header` to `path` as gzip-compressed NIfTI, atomically.
+class SlabWriter:
+    """Write a NIfTI volume to `path` a slab of slices at a time, gzip-compressed, atomically.
 
-    The file appears under its final name only once complete; on any failure nothing is left behind.
+    Use it as a context manager: the file appears under its final name only once the block ends without
+    error and every voxel was written; otherwise nothing is left behind. The compressed bytes do not
+    depend on how the voxels are cut into slabs nor on the number of threads: the stream is cut into
+    blocks of 1 MiB counted from the first voxel (the header is a block of its own, or shares the only
+    one), and each block is compressed primed with the 32 KiB before it.
+
+    Parameters
+    ----------
+    path : str
+        The file to write.
+    header : nibabel.Nifti1Header or Nifti2Header
+        Its header: shape, data type (byte order included) and geometry.
+    threads : int
+        Threads compressing.
+    wait : bool
+        Return from :meth:`write` only once its blocks are compressed and written, so that compressing
+        never runs beside the caller's own work.
     """
-    header = header.copy()
-    header.set_data_shape(data.shape)
-    header["vox_offset"] = 0  # nibabel places the data right after the header and extensions
-    stored = np.asarray(data, dtype=header.get_data_dtype(), order="F")
-    with atomic_file(path) as raw:
-        with igzip_threaded.open(raw, "wb", compresslevel=COMPRESS_LEVEL, threads=COMPRESS_THREADS) as gz:
+
+    def __init__(self, path: str, header: nib.Nifti1Header, threads: int = 1, wait: bool = False):
+        self.path = path
+        self.header = header.copy()
+        self.header["vox_offset"] = 0  # nibabel places the data right after the header and extensions
+        self.dtype = self.header.get_data_dtype()
+        self.expected = math.prod(self.header.get_data_shape()) * self.dtype.itemsize
+        self.threads = max(1, int(threads))
+        self.wait = wait
+        self.pending = bytearray()  # the start of the next block
+        self.written = 0
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> SlabWriter:
+        with contextlib.ExitStack() as stack:
+            raw = stack.enter_context(atomic_file(self.path))
+            self.gz = stack.enter_context(
+                igzip_threaded.open(
+                    raw, "wb", compresslevel=COMPRESS_LEVEL, threads=self.threads, block_size=_BLOCK
+                )
+            )
             head = io.BytesIO()  # nibabel writes extensions with tell(), which the threaded writer lacks
-            header.write_to(head)
-            gz.write(head.getbuffer())
-            gz.write(stored.T)  # Fortran-ordered voxels, as NIfTI stores them
+            self.header.write_to(head)
+            self.gz.write(head.getbuffer())
+            self._stack = stack.pop_all()
+        return self
+
+    def write(self, block: np.ndarray) -> None:
+        """Append the next slab: C-ordered ``Z, Y, X`` voxels (converted to the header's type)."""
+        data = memoryview(np.ascontiguousarray(block, dtype=self.dtype)).cast("B")  # type: ignore[arg-type]
+        if self.written + len(data) > self.expected:
+            raise ValueError(f"more voxels than the header of '{self.path}' describes")
+        self.written += len(data)
+        if self.pending:
+            take = min(len(data), _BLOCK - len(self.pending))
+            self.pending += data[:take]
+            data = data[take:]
+            if len(self.pending) < _BLOCK:
+                return
+            self.gz.write(self.pending)
+            self.pending = bytearray()
+        whole = len(data) - len(data) % _BLOCK
+        if whole:
+            self.gz.write(data[:whole])
+        self.pending += data[whole:]
+        if whole and self.wait:
+            self.gz.flush()  # only whole blocks are flushed: the block boundaries stay the same
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if kind is None and self.written != self.expected:
+            error = ValueError(
+                f"'{self.path}': {self.written:,} of {self.expected:,} voxel bytes were written"
+            )
+            self._stack.__exit__(type(error), error, None)
+            raise error
+        if kind is None and self.pending:
+            try:
+                self.gz.write(self.pending)
+            except BaseException as err:
+                self._stack.__exit__(type(err), err, err.__traceback__)
+                raise
+        self._stack.__exit__(kind, error, trace)
+
+
+class MidPlanes:
+    """The three mid-planes of a volume, kept from its slabs as they stream by (for previews).
+
+    Feed it the volume's C-ordered ``Z, Y, X`` slabs in order with :meth:`add`; :meth:`planes` then gives
+    the planes through the middle voxel of each axis, as values with the header's scaling applied.
+    """
+
+    def __init__(self, header: nib.Nifti1Header):
+        self.shape = tuple(int(n) for n in header.get_data_shape()[:3])
+        self.zooms = tuple(float(z) for z in header.get_zooms()[:3])
+        slope, inter = header.get_slope_inter()
+        self.slope = 1.0 if slope is None else float(slope)
+        self.inter = 0.0 if inter is None else float(inter)
+        nx, ny, nz = self.shape
+        self.middle = (nx // 2, ny // 2, nz // 2)
+        dtype = header.get_data_dtype()
+        self._axial = np.zeros((ny, nx), dtype=dtype)  # z held: [y, x]
+        self._coronal = np.zeros((nz, nx), dtype=dtype)  # y held: [z, x]
+        self._sagittal = np.zeros((nz, ny), dtype=dtype)  # x held: [z, y]
+        self.done = 0
+
+    def add(self, block: np.ndarray) -> None:
+        """Keep what the next slab (rows ``done : done + len(block)`` along Z) holds of the planes."""
+        start, stop = self.done, self.done + len(block)
+        mx, my, mz = self.middle
+        if start <= mz < stop:
+            self._axial[...] = block[mz - start]
+        self._coronal[start:stop] = block[:, my, :]
+        self._sagittal[start:stop] = block[:, :, mx]
+        self.done = stop
+
+    def planes(self) -> dict[int, np.ndarray]:
+        """Return the plane through the middle of each axis (0: x, 1: y, 2: z), scaled, as float64.
+
+        Each plane is indexed by the other two axes in order: ``[y, z]``, ``[x, z]``, ``[x, y]``.
+        """
+        if self.done != self.shape[2]:
+            raise ValueError(f"only {self.done} of {self.shape[2]} slices were seen")
+        scaled = {0: self._sagittal.T, 1: self._coronal.T, 2: self._axial.T}
+        return {axis: plane.astype(np.float64) * self.slope + self.inter for axis, plane in scaled.items()}
 
 
 @contextlib.contextmanager

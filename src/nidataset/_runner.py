@@ -1,19 +1,28 @@
-"""Dataset runs: find the inputs of a folder, process each, and report every failure at the end.
+"""Dataset runs: find the inputs of a folder, resample each into its place, report every failure at the end.
 
 Files run one after the other, on a local process pool, or on any ``concurrent.futures.Executor`` (such
-as a Dask cluster's).
+as a Dask cluster's). The unit of work is a :class:`DatasetJob`: small, immutable and picklable, it
+carries everything a file needs, the threads it may use included, so that it runs the same in this
+process, a pool's process or a Dask task. This module also knows the layout of the outputs (a folder
+per case, or one folder) and clears what killed runs left there.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from . import _nifti
+from ._options import Options
+from ._pipeline import resample_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DatasetError", "list_inputs", "run"]
+__all__ = ["DatasetError", "DatasetJob", "case_folder", "list_inputs", "remove_stale_temporaries", "run"]
 
 
 class DatasetError(RuntimeError):
@@ -56,6 +65,65 @@ def list_inputs(folder: str | os.PathLike, suffix: str) -> list[str]:
     return [os.path.join(folder, name) for name in names]
 
 
+@dataclass(frozen=True)
+class DatasetJob:
+    """Resample one file of a dataset into its place: picklable, for other processes and Dask tasks.
+
+    `threads` is what each file may use: the caller's share when files run one after the other, one
+    core when they run side by side on a pool or a cluster.
+    """
+
+    root: str
+    saving_mode: str
+    shape: tuple[int, int, int]
+    options: Options
+    threads: int
+    skip_existing: bool = False
+    # Differs between runs: Dask would otherwise hand back the result of an identical earlier task.
+    run: str = field(default_factory=lambda: secrets.token_hex(8))
+
+    def folder(self, path: str) -> str:
+        """Return the output folder of the input `path`."""
+        return self.root if self.saving_mode == "folder" else os.path.join(self.root, case_folder(path))
+
+    def __call__(self, path: str) -> str:
+        return resample_file(
+            path,
+            self.folder(path),
+            self.shape,
+            self.options,
+            threads=self.threads,
+            skip_existing=self.skip_existing,
+        )
+
+
+def case_folder(path: str) -> str:
+    """Folder name of a case: the file's prefix, which must be a plain folder name.
+
+    Examples
+    --------
+    >>> case_folder("scans/patient_001.nii.gz")
+    'patient_001'
+    """
+    name = _nifti.prefix(path)
+    if name in ("", ".", "..") or os.sep in name or (os.altsep and os.altsep in name):
+        raise ValueError(f"'{path}' cannot name a case folder: its prefix is {name!r}")
+    return name
+
+
+def remove_stale_temporaries(job: DatasetJob, inputs: Sequence[str]) -> None:
+    """Clear what killed runs left in the output folders of `inputs` (hidden temporary files only)."""
+    folders = {job.root}
+    for path in inputs:
+        try:
+            folders.add(job.folder(path))
+        except ValueError:
+            pass  # reported when that file runs
+    removed = sum(_nifti.remove_stale_temporaries(folder) for folder in folders)
+    if removed:
+        logger.info("removed %d temporary files left by killed runs under %s", removed, job.root)
+
+
 def run(
     inputs: Sequence[str],
     job: Callable[[str], str],
@@ -64,14 +132,12 @@ def run(
     executor: Executor | None = None,
     progress: bool = True,
     desc: str = "Resampling",
-    initializer: Callable[[], None] | None = None,
 ) -> list[str]:
     """Apply `job` to every input, going on past failures.
 
     With ``workers > 1`` the inputs run on a local process pool of that size (`job` must then be
-    picklable), each of whose processes first runs `initializer`; with an `executor` they run on it;
-    otherwise one after the other in this process. The progress bar advances as inputs finish, in
-    whatever order they finish.
+    picklable); with an `executor` they run on it; otherwise one after the other in this process. The
+    progress bar advances as inputs finish, in whatever order they finish.
 
     Returns the outputs in input order. If any input failed, raises :class:`DatasetError` once all the
     others are done, naming each failed input and its reason.
@@ -97,7 +163,7 @@ def run(
     else:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        pool = executor or ProcessPoolExecutor(max_workers=min(workers, len(inputs)), initializer=initializer)
+        pool = executor or ProcessPoolExecutor(max_workers=min(workers, len(inputs)))
         futures = {}
         try:
             for index, path in enumerate(inputs):

@@ -11,6 +11,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ._options import ALIGNS, INTERPOLATIONS, SAVING_MODES, check_options
+
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -62,14 +64,20 @@ def _get_parser() -> argparse.ArgumentParser:
         "--size", nargs=3, type=_positive_int, required=True, metavar=("X", "Y", "Z"), help="output voxels"
     )
     resample.add_argument(
-        "--mode", choices=("case", "folder"), help="a folder per volume, or all in OUTPUT (see below)"
+        "--mode", choices=SAVING_MODES, help="a folder per volume, or all in OUTPUT (see below)"
     )
     resample.add_argument("--workers", type=_positive_int, default=1, metavar="N", help="local processes (1)")
+    resample.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="threads per file (default: every core, or 1 with --workers or --scheduler)",
+    )
     resample.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask cluster of this scheduler")
     resample.add_argument("--skip-existing", action="store_true", help="keep existing outputs; do the rest")
     resample.add_argument(
         "--interpolation",
-        choices=("bspline", "linear", "nearest", "label"),
+        choices=tuple(INTERPOLATIONS),
         default="bspline",
         help="bspline (default), linear, nearest, or label for segmentation masks",
     )
@@ -78,7 +86,7 @@ def _get_parser() -> argparse.ArgumentParser:
     )
     resample.add_argument(
         "--align",
-        choices=("origin", "center"),
+        choices=ALIGNS,
         default="origin",
         help="keep the first voxel (default) or centre",
     )
@@ -117,10 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         command.error(f"INPUT '{args.input}' does not exist")
     if args.workers > 1 and args.scheduler:
         command.error("give --workers or --scheduler, not both")
-    if args.antialias and args.interpolation in ("nearest", "label"):
-        command.error(
-            f"--antialias applies to the bspline and linear interpolations, not to {args.interpolation}"
-        )
+    try:
+        check_options(args.interpolation, args.antialias, args.align, args.preview)
+    except ValueError as err:
+        command.error(str(err))
     if args.preview:
         _need_matplotlib(command, "--preview")
     if os.path.isdir(args.input):
@@ -135,6 +143,7 @@ def _options(args: argparse.Namespace) -> dict:
         "antialias": args.antialias,
         "align": args.align,
         "preview": args.preview,
+        "threads": args.threads,
     }
 
 
@@ -142,7 +151,7 @@ def _need_matplotlib(command: argparse.ArgumentParser, what: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:
-        command.error(f"{what} needs matplotlib: pip install 'nidataset[preview]'")
+        command.error(f"{what} needs matplotlib: pip install matplotlib")
 
 
 def _preview(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
@@ -150,10 +159,13 @@ def _preview(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
         if not os.path.isfile(path):
             command.error(f"'{path}' does not exist")
     _need_matplotlib(command, "preview")
+    from ._nifti import read_mid_planes
     from ._preview import write_preview
 
     try:
-        write_preview(args.original, args.resampled, args.output)
+        original, resampled = read_mid_planes(args.original), read_mid_planes(args.resampled)
+        names = (os.path.basename(args.original), os.path.basename(args.resampled))
+        write_preview(original, resampled, args.output, names=names)
     except (ValueError, OSError) as err:
         print(f"nidataset: failed: {err}", file=sys.stderr)
         return EXIT_FAILED
@@ -161,32 +173,26 @@ def _preview(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
 
 
 def _resample_file(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
-    from . import _nifti
-    from .preprocessing import _resample_unless_done
+    from .preprocessing import InvalidVolumeError, resampling
 
-    if not args.input.endswith(_nifti.SUFFIX):
-        command.error(f"INPUT must be a folder or a '{_nifti.SUFFIX}' file, got '{args.input}'")
+    if not args.input.endswith(".nii.gz"):
+        command.error(f"INPUT must be a folder or a '.nii.gz' file, got '{args.input}'")
     folder = args.output
     if args.mode == "case":
-        folder = os.path.join(folder, _nifti.prefix(args.input))
+        folder = os.path.join(folder, os.path.basename(args.input)[: -len(".nii.gz")])
     try:
-        _resample_unless_done(
-            args.input, folder, tuple(args.size), _options(args), args.skip_existing, args.debug
+        resampling(
+            args.input, folder, args.size, args.debug, **_options(args), skip_existing=args.skip_existing
         )
-    except (ValueError, OSError) as err:
+    except (InvalidVolumeError, OSError) as err:
         print(f"nidataset: failed: {args.input}: {err}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
 
 def _resample_folder(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
-    from . import _nifti, _runner
     from .preprocessing import DatasetError, resampling_dataset
 
-    try:
-        _runner.list_inputs(args.input, _nifti.SUFFIX)
-    except FileNotFoundError as err:
-        command.error(str(err))
     executor = client = None
     if args.scheduler:
         try:
@@ -216,6 +222,8 @@ def _resample_folder(args: argparse.Namespace, command: argparse.ArgumentParser)
         total = len(err.failures) + len(err.outputs)
         print(f"nidataset: {len(err.failures)} of {total} files failed", file=sys.stderr)
         return EXIT_FAILED
+    except FileNotFoundError as err:  # no .nii.gz file in the folder: checked before any work
+        command.error(str(err))
     except OSError as err:  # e.g. an output folder that cannot be created, before any file
         print(f"nidataset: failed: {err}", file=sys.stderr)
         return EXIT_FAILED

@@ -1,36 +1,22 @@
 """Resampling of NIfTI volumes to a fixed array size: the public API.
 
-Each function validates its arguments, then reads, computes and writes; the arithmetic lives in
-``_resize`` (values) and ``_geometry`` (affines), the file handling in ``_nifti``, and the dataset loop
-in ``_runner``.
+Each function checks its arguments (:mod:`nidataset._options`), then hands the work on: one file to the
+pipeline (:mod:`nidataset._pipeline`: reader, engine and writer, a slab at a time), a folder to the
+dataset runner (:mod:`nidataset._runner`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import numbers
 import os
-import secrets
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
 
-import numpy as np
-
-from . import _nifti, _resize, _runner
-from ._labels import resize_labels
+from . import _nifti, _options, _runner
 from ._nifti import InvalidVolumeError
-from ._resize import ALIGNS, NonFiniteError, resize, resize_slabs, slab_rows
+from ._pipeline import resample_file
 from ._runner import DatasetError
 
 __all__ = ["DatasetError", "InvalidVolumeError", "resampling", "resampling_dataset"]
-
-logger = logging.getLogger(__name__)
-
-_SAVING_MODES = ("case", "folder")
-#: Interpolation names and their spline orders ("label" has its own algorithm, on linear interpolation).
-_INTERPOLATIONS = {"bspline": 3, "linear": 1, "nearest": 0, "label": None}
 
 
 def resampling(
@@ -43,6 +29,8 @@ def resampling(
     antialias: bool = False,
     align: str = "origin",
     preview: bool = False,
+    threads: int | None = None,
+    skip_existing: bool = False,
 ) -> str:
     """Resample a 3D NIfTI volume to `desired_volume` voxels, keeping its field of view.
 
@@ -76,12 +64,20 @@ def resampling(
         origin in the header moves accordingly.
     preview : bool, optional
         Also write ``<PREFIX>_preview.png`` beside the output: the mid-planes of both volumes (needs
-        matplotlib, ``pip install 'nidataset[preview]'``).
+        matplotlib, ``pip install matplotlib``).
+    threads : int, optional
+        Threads this call may use (reading ahead, computing, compressing). By default all the cores of
+        the process when called from its main thread, and 1 from any other thread (a thread pool, a
+        Dask task) or from a process of a pool, whose siblings share the cores. BLAS runs on one thread
+        during the call and is left as it was after.
+    skip_existing : bool, optional
+        If the output already exists, keep it untouched (drawing its preview if one is asked for and
+        missing) instead of resampling again.
 
     Returns
     -------
     str
-        Path of the written file.
+        Path of the written (or kept) file.
 
     Raises
     ------
@@ -117,6 +113,10 @@ def resampling(
     *Files.* The output is written to a hidden temporary file in `output_path` and renamed once
     complete, so a failed or interrupted call never leaves a partial ``.nii.gz``.
 
+    *Memory.* The volume streams from the input file to the output file a slab of slices at a time;
+    what is held whole is the smaller of the input and the output, in its stored type (a float volume
+    holding NaN or infinity is held whole, see ``nidataset._nonfinite``).
+
     Examples
     --------
     >>> import os, tempfile
@@ -150,18 +150,13 @@ def resampling(
     ['scan_preview.png', 'scan_resampled.nii.gz']
     """
     path = _check_input_file(nii_path)
-    shape = _check_desired_volume(desired_volume)
-    options = _check_options(interpolation, antialias, align)
-    folder = os.fspath(output_path)
-    target = os.path.join(folder, _nifti.output_name(path))
-    source = _nifti.open_volume(path)
-    data = _compute_file(source, shape, **options)
-    header = _nifti.resized_header(source.header, shape, align=align)
-    _make_folder(folder)
-    _nifti.write(target, data, header)
-    logger.info("resampled %s %s -> %s %s", path, source.shape, target, shape)
-    if preview:
-        _draw_preview(path, target, folder)
+    shape = _options.check_desired_volume(desired_volume)
+    options = _options.check_options(interpolation, antialias, align, preview)
+    threads = _options.resolve_threads(threads)
+    skip_existing = _options.check_flag("skip_existing", skip_existing)
+    target = resample_file(
+        path, os.fspath(output_path), shape, options, threads=threads, skip_existing=skip_existing
+    )
     if debug:
         print(f"Resampled image saved at: '{target}'")
     return target
@@ -182,6 +177,7 @@ def resampling_dataset(
     executor: Executor | None = None,
     skip_existing: bool = False,
     progress: bool = True,
+    threads: int | None = None,
 ) -> list[str]:
     """Resample every ``.nii.gz`` volume of a folder to `desired_volume` voxels.
 
@@ -209,13 +205,17 @@ def resampling_dataset(
         Number of local processes resampling files at once (each uses one core).
     executor : concurrent.futures.Executor, optional
         Run the files on this executor instead, e.g. a ``ProcessPoolExecutor`` or a Dask cluster's
-        ``distributed.Client(address).get_executor()`` (``pip install nidataset[dask]``); its workers
+        ``distributed.Client(address).get_executor()`` (``pip install distributed``); its workers
         must see the same paths. Not together with ``workers > 1``.
     skip_existing : bool, optional
         Keep outputs that already exist, untouched, and resample only the others: resumes an interrupted
         run (outputs only ever appear complete, see :func:`resampling`).
     progress : bool, optional
         Show a progress bar on stderr; it advances as files finish.
+    threads : int, optional
+        Threads each file may use. By default, files run one after the other use what a lone
+        :func:`resampling` call would, and files run side by side (``workers > 1`` or an `executor`) one
+        each: the pool or the cluster owns the cores.
 
     Returns
     -------
@@ -255,141 +255,25 @@ def resampling_dataset(
     >>> parallel = os.path.join(folder, "parallel")
     >>> outputs = resampling_dataset(folder, parallel, (10, 10, 5), workers=2, progress=False)
     """
-    shape = _check_desired_volume(desired_volume)
-    options = {**_check_options(interpolation, antialias, align), "preview": bool(preview)}
-    if saving_mode not in _SAVING_MODES:
-        raise ValueError(f"saving_mode must be 'case' or 'folder', got {saving_mode!r}")
-    if not isinstance(workers, numbers.Integral) or isinstance(workers, bool) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    shape = _options.check_desired_volume(desired_volume)
+    options = _options.check_options(interpolation, antialias, align, preview)
+    saving_mode = _options.check_saving_mode(saving_mode)
+    workers = _options.check_positive_int("workers", workers)
+    skip_existing = _options.check_flag("skip_existing", skip_existing)
     if executor is not None:
         if not isinstance(executor, Executor):
             raise TypeError(f"executor must be a concurrent.futures.Executor, got {type(executor).__name__}")
         if workers > 1:
             raise ValueError("give workers or executor, not both")
+    side_by_side = workers > 1 or executor is not None
+    threads = _options.resolve_threads(threads) if threads is not None or not side_by_side else 1
     inputs = _runner.list_inputs(nii_folder, _nifti.SUFFIX)
-    _remove_stale_temporaries(os.fspath(output_path), inputs, saving_mode)
-    job = _DatasetJob(
-        os.fspath(output_path), saving_mode, shape, options, bool(skip_existing), secrets.token_hex(8)
-    )
-    outputs = _runner.run(
-        inputs, job, workers=int(workers), executor=executor, progress=progress, initializer=_one_thread_each
-    )
+    job = _runner.DatasetJob(os.fspath(output_path), saving_mode, shape, options, threads, skip_existing)
+    _runner.remove_stale_temporaries(job, inputs)
+    outputs = _runner.run(inputs, job, workers=workers, executor=executor, progress=progress)
     if debug:
         print(f"Resampling completed for all files in '{os.fspath(nii_folder)}'")
     return outputs
-
-
-@dataclass(frozen=True)
-class _DatasetJob:
-    """Resample one file of a dataset into its place; picklable, so that it can run in other processes."""
-
-    root: str
-    saving_mode: str
-    shape: tuple[int, int, int]
-    options: dict  # keyword options of resampling()
-    skip_existing: bool
-    run: str  # differs between runs: Dask would otherwise hand back the result of an identical earlier task
-
-    def __call__(self, path: str) -> str:
-        folder = self.root if self.saving_mode == "folder" else os.path.join(self.root, _case_folder(path))
-        return _resample_unless_done(path, folder, self.shape, self.options, self.skip_existing)
-
-
-def _one_thread_each() -> None:
-    """Set up a process of the local pool: the processes fill the cores, so each computes on one thread."""
-    _resize.OVERLAP = False
-    _nifti.COMPRESS_THREADS = 1
-
-
-def _resample_unless_done(
-    path: str,
-    folder: str,
-    shape: tuple[int, int, int],
-    options: dict,
-    skip_existing: bool,
-    debug: bool = False,
-) -> str:
-    """Resample `path` into `folder`, or with `skip_existing` keep an output that is already there.
-
-    A kept output only gets its preview drawn, if one is asked for and missing: the run that wrote the
-    output may have been killed before it drew the picture.
-    """
-    target = os.path.join(folder, _nifti.output_name(path))
-    if not (skip_existing and os.path.isfile(target)):
-        return resampling(path, folder, shape, debug, **options)
-    logger.info("kept %s", target)
-    if options.get("preview"):
-        _draw_preview(path, target, folder, missing_only=True)
-    return target
-
-
-def _draw_preview(path: str, target: str, folder: str, missing_only: bool = False) -> None:
-    """Write ``<PREFIX>_preview.png`` of `path` and its output `target` into `folder`."""
-    from ._preview import preview_name, write_preview  # matplotlib: only when a preview is asked for
-
-    picture = os.path.join(folder, preview_name(path))
-    if not (missing_only and os.path.isfile(picture)):
-        write_preview(path, target, picture)
-
-
-def _remove_stale_temporaries(root: str, inputs: Sequence[str], saving_mode: str) -> None:
-    """Clear what killed runs left in the output folders (hidden temporary files only)."""
-    folders = {root}
-    if saving_mode == "case":
-        for path in inputs:
-            try:
-                folders.add(os.path.join(root, _case_folder(path)))
-            except ValueError:
-                pass  # reported when that file runs
-    removed = sum(_nifti.remove_stale_temporaries(folder) for folder in folders)
-    if removed:
-        logger.info("removed %d temporary files left by killed runs under %s", removed, root)
-
-
-def _check_options(interpolation: str, antialias: bool, align: str) -> dict:
-    """Check the keyword options of resampling(); return them as the engine takes them."""
-    if interpolation not in _INTERPOLATIONS:
-        raise ValueError(f"interpolation must be one of {tuple(_INTERPOLATIONS)}, got {interpolation!r}")
-    if align not in ALIGNS:
-        raise ValueError(f"align must be one of {ALIGNS}, got {align!r}")
-    if not isinstance(antialias, bool | np.bool_):
-        raise ValueError(f"antialias must be True or False, got {antialias!r}")
-    if antialias and interpolation in ("nearest", "label"):
-        raise ValueError(
-            f"antialias applies to the bspline and linear interpolations, not to {interpolation!r}"
-        )
-    return {"interpolation": interpolation, "antialias": bool(antialias), "align": align}
-
-
-def _compute_file(
-    source: _nifti.Source, shape: tuple[int, int, int], interpolation: str, antialias: bool, align: str
-) -> np.ndarray:
-    """Resample the stored values of `source`; the result keeps their type.
-
-    B-spline and linear interpolation take the volume a slab of slices at a time, each computed while
-    the next is decompressed; a volume holding NaN or infinity is then read whole (see _resize.resize).
-    """
-    order = _INTERPOLATIONS[interpolation]
-    if order in (1, 3):
-        stored = source.shape[::-1]  # the voxels' C order: Z, Y, X
-        slabs = _nifti.read_slabs(source, slab_rows(stored))
-        try:
-            with contextlib.closing(slabs):
-                options = {"order": order, "align": align, "antialias": antialias}
-                return resize_slabs(
-                    slabs, stored, source.dtype, shape[::-1], **options, output_dtype=source.dtype
-                ).T
-        except NonFiniteError:
-            logger.debug("'%s' holds NaN or infinite values: reading it whole", source.path)
-    return _compute(_nifti.read(source.path).data, shape, interpolation, antialias, align)
-
-
-def _compute(data: np.ndarray, shape: tuple[int, int, int], interpolation: str, antialias: bool, align: str):
-    """Resample stored values; the result keeps the input's type."""
-    if interpolation == "label":
-        return resize_labels(data, shape, align=align)
-    order = _INTERPOLATIONS[interpolation]
-    return resize(data, shape, order=order, align=align, antialias=antialias, output_dtype=data.dtype)
 
 
 def _check_input_file(nii_path: str | os.PathLike) -> str:
@@ -401,37 +285,3 @@ def _check_input_file(nii_path: str | os.PathLike) -> str:
     if not path.endswith(_nifti.SUFFIX):
         raise ValueError(f"the input file must be a '{_nifti.SUFFIX}' file, got '{path}'")
     return path
-
-
-def _check_desired_volume(desired_volume: Sequence[int]) -> tuple[int, int, int]:
-    """Three positive Python or NumPy integers (not bools), as a tuple of int."""
-    try:
-        values = tuple(desired_volume)
-    except TypeError:
-        values = None
-    if (
-        values is None
-        or isinstance(desired_volume, str | bytes)
-        or len(values) != 3
-        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool | np.bool_) for v in values)
-        or not all(v > 0 for v in values)
-    ):
-        raise ValueError(f"desired_volume must be three positive integers (X, Y, Z), got {desired_volume!r}")
-    return tuple(int(v) for v in values)
-
-
-def _case_folder(path: str) -> str:
-    """Folder name of a case: the file's prefix, which must be a plain folder name."""
-    name = _nifti.prefix(path)
-    if name in ("", ".", "..") or os.sep in name or (os.altsep and os.altsep in name):
-        raise ValueError(f"'{path}' cannot name a case folder: its prefix is {name!r}")
-    return name
-
-
-def _make_folder(folder: str | os.PathLike) -> None:
-    try:
-        os.makedirs(os.fspath(folder) or os.curdir, exist_ok=True)  # "" is the current folder
-    except OSError as err:
-        raise OSError(
-            err.errno, f"cannot create the output folder '{os.fspath(folder)}': {err.strerror}"
-        ) from err

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import nidataset as nid
-from conftest import write_nifti
-from nidataset import _nifti, _resize
+from helpers import write_nifti
+from nidataset import _engine, _nifti, _pipeline
+from nidataset._options import Options
 from nidataset.preprocessing import InvalidVolumeError, resampling
 
 
@@ -158,20 +159,21 @@ def test_silent_without_debug_and_leaves_logging_alone(scan, tmp_path, capsys):
 def test_logs_through_module_loggers(scan, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="nidataset"):
         resampling(scan, tmp_path / "out", (3, 3, 3))
-    assert [r.name for r in caplog.records] == ["nidataset.preprocessing"]
+    assert [r.name for r in caplog.records] == ["nidataset._pipeline"]
     assert "scan_042" in caplog.records[0].getMessage()
 
 
 @pytest.mark.parametrize("interpolation", ["bspline", "linear"])
 def test_volumes_streamed_in_many_slabs_give_the_engine_values(tmp_path, monkeypatch, rng, interpolation):
     # Slabs of 2 slices, in two buffers taking turns: a buffer refilled too early would change values.
-    monkeypatch.setattr(_resize, "_SLAB", 2 * 30 * 20)
     data = np.asfortranarray(rng.integers(-1000, 3000, (20, 30, 17)).astype(np.int16))
     src = write_nifti(tmp_path / "big.nii.gz", data)
-    assert _resize.slab_rows(data.T.shape) == 2
-    out = resampling(src, tmp_path / "out", (13, 41, 9), interpolation=interpolation)
+    assert _engine.slab_rows(data.T.shape, 2 * 30 * 20) == 2
+    out = _pipeline.resample_file(
+        src, str(tmp_path / "out"), (13, 41, 9), Options(interpolation), slab_values=2 * 30 * 20
+    )
     order = {"bspline": 3, "linear": 1}[interpolation]
-    expected = _resize.resize(data, (13, 41, 9), order=order, output_dtype=np.int16)
+    expected = _engine.resize(data, (13, 41, 9), order=order, output_dtype=np.int16)
     np.testing.assert_array_equal(np.asanyarray(nib.load(out).dataobj), expected)
 
 
@@ -179,7 +181,6 @@ def test_volumes_streamed_in_many_slabs_give_the_engine_values(tmp_path, monkeyp
 def test_data_corrupt_past_the_first_slabs_names_the_file(tmp_path, monkeypatch, rng, where):
     # The header and the size in the gzip trailer are right; the damage shows only once slabs are being
     # computed (a bad deflate block, or the checksum at the end).
-    monkeypatch.setattr(_resize, "_SLAB", 2 * 30 * 20)
     good = Path(write_nifti(tmp_path / "good.nii.gz", rng.integers(0, 3000, (20, 30, 17)).astype(np.int16)))
     damaged = bytearray(good.read_bytes())
     spot = int(len(damaged) * where)
@@ -187,7 +188,7 @@ def test_data_corrupt_past_the_first_slabs_names_the_file(tmp_path, monkeypatch,
     path = tmp_path / "damaged.nii.gz"
     path.write_bytes(damaged)
     with pytest.raises(InvalidVolumeError, match=r"'.*damaged.nii.gz' is not a readable NIfTI file"):
-        resampling(path, tmp_path / "out", (9, 9, 9))
+        _pipeline.resample_file(str(path), str(tmp_path / "out"), (9, 9, 9), Options(), slab_values=1200)
     assert listing(tmp_path / "out") == []
 
 

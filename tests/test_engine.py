@@ -1,4 +1,4 @@
-"""The array engine against scipy's cubic spline (mirror boundary), which is defined everywhere."""
+"""The slab engine against scipy's cubic spline (mirror boundary), which is defined everywhere."""
 
 import numpy as np
 import pytest
@@ -6,9 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from conftest import mirror_spline
-from nidataset import _resize
-from nidataset._resize import resize, sample_positions
+from helpers import mirror_spline
+from nidataset import _engine, _operators
+from nidataset._engine import InterpolatingEngine, NonFiniteError, cast, gather, resize, slabs_of
+from nidataset._operators import axis_operator, sample_positions
 
 SHAPES = [
     ((20, 17, 9), (7, 30, 9)),  # down, up, unchanged
@@ -38,40 +39,17 @@ def test_matches_scipy_mirror_spline_float32(old, new, rng):
     np.testing.assert_allclose(out, mirror_spline(x, new), rtol=0, atol=5e-6)
 
 
-def test_closed_form_spline_inverse_matches_scipy_spline_filter(rng):
-    for n in (1, 2, 3, 5, 13, 40, 100):
-        x = rng.standard_normal((n, 6))
-        a, b, rows = _resize._spline_inverse_rows(0, n, n, tol=1e-18)
-        expected = ndimage.spline_filter1d(x, order=3, axis=0, mode="mirror")
-        np.testing.assert_allclose(rows @ x[a:b], expected, rtol=0, atol=1e-12)
-
-
-def test_spline_inverse_leaves_out_only_negligible_columns():
-    n = 200
-    full_a, full_b, full = _resize._spline_inverse_rows(90, 110, n, tol=1e-300)
-    assert (full_a, full_b) == (0, n)
-    for tol in (2.0**-29, 2.0**-58):
-        a, b, rows = _resize._spline_inverse_rows(90, 110, n, tol)
-        assert 0 < a < 90 and 110 < b < n  # a band, not the whole matrix
-        np.testing.assert_array_equal(rows, full[:, a:b])
-        # What is left out changes a coefficient of samples |x| <= 1 by less than tol.
-        left_out = np.abs(full[:, :a]).sum(axis=1) + np.abs(full[:, b:]).sum(axis=1)
-        assert left_out.max() < tol
-
-
 @pytest.fixture
 def small_pieces(monkeypatch):
     """Tiny tiles and slabs: many tiles per axis, many slabs per array, tiles spanning slabs."""
-    monkeypatch.setattr(_resize, "_TILE", 3)
-    monkeypatch.setattr(_resize, "_SLAB", 50)
-    _resize._cached_operator.cache_clear()
-    yield
-    _resize._cached_operator.cache_clear()
+    monkeypatch.setattr(_operators, "TILE_ROWS", 3)
+    _operators._cached_operator.cache_clear()
+    yield 50  # values per slab
+    _operators._cached_operator.cache_clear()
 
 
-@pytest.mark.usefixtures("small_pieces")
 @pytest.mark.parametrize("antialias", [False, True])
-def test_tiles_and_slabs_agree_with_scipy(antialias, rng):
+def test_tiles_and_slabs_agree_with_scipy(small_pieces, antialias, rng):
     cases = [
         ((30, 40, 50), (13, 17, 60)),
         ((50, 40, 30), (60, 17, 13)),
@@ -89,16 +67,17 @@ def test_tiles_and_slabs_agree_with_scipy(antialias, rng):
             for axis, (o, n) in enumerate(zip(old, new, strict=True)):
                 if n < o:
                     expected = ndimage.gaussian_filter1d(expected, (o / n - 1) / 2, axis=axis, mode="mirror")
-        got = resize(x, new, clip=False, antialias=antialias)
+        got = resize(x, new, clip=False, antialias=antialias, slab_values=small_pieces)
         np.testing.assert_allclose(got, mirror_spline(expected, new), atol=1e-12)
 
 
 def test_rows_no_output_needs_are_dropped_when_the_buffer_fills(small_pieces, monkeypatch, rng):
     # One output per tile, 100 rows apart: the buffer can fill up while the rows come from a gap that no
     # tile reads.
-    monkeypatch.setattr(_resize, "_TILE", 1)
+    monkeypatch.setattr(_operators, "TILE_ROWS", 1)
     x = rng.standard_normal((1000, 2, 2))
-    np.testing.assert_allclose(resize(x, (10, 2, 2), clip=False), mirror_spline(x, (10, 2, 2)), atol=1e-12)
+    got = resize(x, (10, 2, 2), clip=False, slab_values=small_pieces)
+    np.testing.assert_allclose(got, mirror_spline(x, (10, 2, 2)), atol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -111,38 +90,54 @@ def test_rows_no_output_needs_are_dropped_when_the_buffer_fills(small_pieces, mo
     ],
 )
 def test_plan_orders_the_axes(old, new, before, after):
-    operators = [
-        _resize._operator(sample_positions(o, n), o, 3, 0.0, np.dtype(np.float32))
-        for o, n in zip(old, new, strict=True)
-    ]
-    assert _resize._plan(old, operators) == (before, after)
+    operators = [axis_operator(o, n, order=3, dtype=np.float32) for o, n in zip(old, new, strict=True)]
+    assert _engine.plan_axes(old, operators) == (before, after)
 
 
-@pytest.mark.usefixtures("small_pieces")
 @pytest.mark.parametrize("dtype", [np.int16, np.float32, np.float64])
-def test_slabs_give_the_same_bits_as_the_whole_array(dtype, rng):
+def test_slabs_give_the_same_bits_as_the_whole_array(small_pieces, dtype, rng):
     x = (rng.standard_normal((37, 5, 4)) * 300).astype(dtype)
     new = (15, 3, 9)
-    rows = _resize.slab_rows(x.shape)
-    assert rows < len(x)  # several slabs
-    slabs = ((s, x[s : s + rows].copy()) for s in range(0, len(x), rows))
-    streamed = _resize.resize_slabs(slabs, x.shape, x.dtype, new, output_dtype=dtype)
-    np.testing.assert_array_equal(streamed, resize(x, new, output_dtype=dtype))
+    engine = InterpolatingEngine(x.shape, new, x.dtype, slab_values=small_pieces)
+    slabs = [block.copy() for block in slabs_of(x, small_pieces)]
+    assert len(slabs) > 3  # several slabs, each copied: the engine keeps what it needs
+    streamed = gather(engine, slabs, new, engine.ftype)
+    np.clip(streamed, engine.low, engine.high, out=streamed)
+    np.testing.assert_array_equal(cast(streamed, dtype), resize(x, new, output_dtype=dtype))
+
+
+def test_slabs_reused_by_the_caller_give_the_same_bits(small_pieces, rng):
+    # The reader fills one buffer again and again: the engine must copy the rows it still needs.
+    x = rng.standard_normal((60, 4, 5))
+    buffer = np.empty((7, 4, 5))
+
+    def refilled():
+        for start in range(0, 60, 7):
+            block = buffer[: min(7, 60 - start)]
+            block[...] = x[start : start + 7]
+            yield block
+
+    engine = InterpolatingEngine(x.shape, (23, 3, 9), x.dtype, slab_values=small_pieces)
+    np.testing.assert_array_equal(
+        gather(engine, refilled(), (23, 3, 9), np.float64), resize(x, (23, 3, 9), clip=False)
+    )
 
 
 def test_slabs_with_non_finite_values_are_refused():
     x = np.ones((4, 5, 6), np.float32)
     x[3, 2, 1] = np.nan
-    with pytest.raises(_resize.NonFiniteError):
-        _resize.resize_slabs([(0, x)], x.shape, x.dtype, (2, 2, 2))
+    with pytest.raises(NonFiniteError):
+        InterpolatingEngine(x.shape, (2, 2, 2), x.dtype).feed(x)
 
 
-def test_slabs_out_of_order_are_refused():
+def test_slabs_that_do_not_continue_the_array_are_refused():
     x = np.ones((4, 5, 6))
-    with pytest.raises(ValueError, match="slabs must come in order"):
-        _resize.resize_slabs([(0, x[:2]), (3, x[3:])], x.shape, x.dtype, (2, 2, 2))
+    engine = InterpolatingEngine(x.shape, (2, 2, 2), x.dtype)
+    with pytest.raises(ValueError, match="does not continue an array of"):
+        engine.feed(x[:, :3])
+    engine.feed(x[:2])
     with pytest.raises(ValueError, match="slabs ended at row 2 of 4"):
-        _resize.resize_slabs([(0, x[:2])], x.shape, x.dtype, (2, 2, 2))
+        engine.finish()
 
 
 @pytest.mark.parametrize("order", ["C", "F"])
@@ -404,37 +399,3 @@ def test_antialias_uses_scikit_image_sigma(rng):
 def test_bad_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
         resize(np.ones((3, 3, 3)), (2, 2, 2), **kwargs)
-
-
-def blas_threads():
-    from threadpoolctl import threadpool_info
-
-    return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
-
-
-def test_blas_on_one_thread_during_a_call_then_as_before(rng, monkeypatch):
-    before = blas_threads()
-    during = []
-    feed = _resize._Resampler.feed
-
-    def spy(self, start, block):
-        during.extend(blas_threads())
-        feed(self, start, block)
-
-    monkeypatch.setattr(_resize._Resampler, "feed", spy)
-    resize(rng.standard_normal((20, 30, 10)), (7, 9, 5))
-    assert during and set(during) == {1}
-    assert blas_threads() == before
-
-
-def test_calls_from_other_threads_leave_blas_settings_alone(rng):
-    from concurrent.futures import ThreadPoolExecutor
-
-    before = blas_threads()
-    x = rng.standard_normal((60, 50, 40)).astype(np.float32)
-    expected = resize(x, (25, 30, 35))
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: resize(x, (25, 30, 35)), range(12)))
-    assert blas_threads() == before
-    for result in results:
-        np.testing.assert_array_equal(result, expected)

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import write_nifti
+from helpers import write_nifti
 from nidataset import InvalidVolumeError, resampling
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_nifti
-from nidataset import DatasetError, _nifti, _resize, _runner, preprocessing, resampling_dataset
+from helpers import write_nifti
+from nidataset import DatasetError, _runner, resampling_dataset
+from nidataset._options import available_cores
 
 SIZE = (9, 10, 7)
 
@@ -36,28 +37,23 @@ def relative(outputs, root):
     return [os.path.relpath(p, root) for p in outputs]
 
 
-def threads_of_this_process(path):
-    return f"{path}: overlap={_resize.OVERLAP} compress_threads={_nifti.COMPRESS_THREADS}"
-
-
-def test_processes_of_the_local_pool_compute_on_one_thread_each(dataset, tmp_path, monkeypatch):
-    # The pool's processes fill the cores: in each, no reading thread beside the computing one, and one
-    # compressing thread. This process keeps its own settings.
-    seen = {}
+def test_files_side_by_side_get_one_thread_each(dataset, tmp_path, monkeypatch):
+    # The pool's processes (or the executor's tasks) fill the cores: each file gets one thread, unless
+    # the caller says otherwise; files one after the other get what a lone call would.
+    seen = []
     real_run = _runner.run
 
-    def spy(*args, **kwargs):
-        seen.update(kwargs)
-        return real_run(*args, **kwargs)
+    def spy(inputs, job, **kwargs):
+        seen.append(job.threads)
+        return real_run(inputs, job, **kwargs)
 
     monkeypatch.setattr(_runner, "run", spy)
-    resampling_dataset(dataset, tmp_path, SIZE, workers=2, progress=False)
-    assert seen["initializer"] is preprocessing._one_thread_each
-    reports = real_run(
-        ["a", "b"], threads_of_this_process, workers=2, progress=False, initializer=seen["initializer"]
-    )
-    assert reports == ["a: overlap=False compress_threads=1", "b: overlap=False compress_threads=1"]
-    assert _resize.OVERLAP is True and _nifti.COMPRESS_THREADS == 2
+    resampling_dataset(dataset, tmp_path / "a", SIZE, workers=2, progress=False)
+    resampling_dataset(dataset, tmp_path / "b", SIZE, workers=2, threads=2, progress=False)
+    with ThreadPoolExecutor(2) as pool:
+        resampling_dataset(dataset, tmp_path / "c", SIZE, executor=pool, progress=False)
+    resampling_dataset(dataset, tmp_path / "d", SIZE, progress=False)
+    assert seen == [1, 2, 1, available_cores()]
 
 
 def test_workers_give_the_same_bytes_in_input_order(dataset, serial, tmp_path):

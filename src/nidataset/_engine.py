@@ -1,0 +1,544 @@
+"""The slab engine: resize a C-ordered array that arrives, and leaves, a slab of rows at a time.
+
+Pure numpy and synchronous: no threads, no files. A volume comes in as consecutive slabs along its first
+axis (the slices of a NIfTI file, in the order they are stored). Each slab gets the in-plane axes that
+shrink resized at once; the first axis is resized by the tiles of its matrix (see
+:mod:`nidataset._operators`), each computed as soon as the rows it reads have come in, from a window
+that keeps only the rows later tiles still need; the growing in-plane axes are resized last, on each
+output slab. So neither the input nor the output is ever held whole here: memory is a window of rows
+and a few slabs.
+
+Interpolated values come out in the computation type, unclipped; :func:`cast` turns them into a stored
+type. :func:`resize` runs the engine over an array in memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from ._operators import (
+    ALIGNS,
+    ORDERS,
+    AxisOperator,
+    antialias_sigma,
+    axis_operator,
+    nearest_indices,
+    sample_positions,
+)
+
+__all__ = [
+    "SLAB_VALUES",
+    "Engine",
+    "InterpolatingEngine",
+    "NearestEngine",
+    "NonFiniteError",
+    "Slab",
+    "cast",
+    "check_shapes",
+    "computation_type",
+    "resize",
+    "slabs_of",
+]
+
+#: Values per slab: input slabs hold about this many values of whole rows, output slabs too.
+SLAB_VALUES = 1 << 21
+
+
+class Slab(NamedTuple):
+    """Rows ``start : start + len(values)`` along the first axis of a C-ordered volume."""
+
+    start: int
+    values: np.ndarray
+
+
+class NonFiniteError(ValueError):
+    """A slab fed to an :class:`InterpolatingEngine` holds NaN or infinity."""
+
+
+class Engine(Protocol):
+    """What drives an engine: consecutive input slabs in, output slabs out in order.
+
+    :meth:`feed` returns an iterator that computes each output slab as it is asked for, so that a
+    caller writing each slab before asking for the next holds one at a time. The caller exhausts it
+    before feeding the next slab, and keeps the block it fed unchanged until then.
+    """
+
+    def feed(self, block: np.ndarray) -> Iterator[Slab]:
+        """Take the next rows of the input; iterate over the output slabs they complete."""
+        ...
+
+    def finish(self) -> Iterator[Slab]:
+        """After the last input rows: the remaining output slabs."""
+        ...
+
+
+def computation_type(dtype: npt.DTypeLike) -> np.dtype:
+    """Floating type interpolation runs in: float32 for up to 16-bit integers and float16/32, else float64.
+
+    Wider integers need float64's 53-bit mantissa to round back exactly.
+
+    Examples
+    --------
+    >>> computation_type(np.int16), computation_type(np.int32), computation_type(np.float16)
+    (dtype('float32'), dtype('float64'), dtype('float32'))
+    """
+    ftype = np.result_type(np.dtype(dtype), np.float32)
+    return np.dtype(np.float32) if ftype.itemsize < 4 else ftype
+
+
+def cast(values: np.ndarray, dtype: npt.DTypeLike) -> np.ndarray:
+    """Convert interpolated `values` to `dtype`, rounding to nearest (not truncating) for integer types.
+
+    Values beyond an integer type's range saturate at its limits. `values` may be overwritten.
+
+    Examples
+    --------
+    >>> cast(np.array([-0.6, 0.5, 1.5, 2.4, 300.0]), np.uint8)
+    array([  0,   0,   2,   2, 255], dtype=uint8)
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu" and values.dtype.kind == "f":
+        np.rint(values, out=values)
+        info = np.iinfo(dtype)
+        np.clip(values, info.min, info.max, out=values)
+    return values.astype(dtype, copy=False)
+
+
+def check_shapes(in_shape: Sequence[int], shape: Sequence[int], dtype: npt.DTypeLike) -> tuple[int, ...]:
+    """Check that `shape` can be asked of an array of `in_shape` and `dtype`; return it as ints."""
+    out = tuple(int(n) for n in shape)
+    if len(out) != len(in_shape) or any(n < 1 for n in out):
+        raise ValueError(
+            f"shape must give one positive size per dimension of the {len(in_shape)}D array, got {out}"
+        )
+    if np.dtype(dtype).kind not in "iuf":
+        raise TypeError(
+            f"cannot resize an array of type {np.dtype(dtype)}; an integer or float type is needed"
+        )
+    if math.prod(in_shape) == 0:
+        raise ValueError(f"cannot resize an empty array of shape {tuple(in_shape)}")
+    return out
+
+
+def slab_rows(shape: Sequence[int], values: int = SLAB_VALUES) -> int:
+    """Rows along the first axis of an array of `shape` that make a slab of about `values` values."""
+    return max(1, values // max(1, math.prod(shape[1:])))
+
+
+def slabs_of(array: np.ndarray, values: int = SLAB_VALUES) -> Iterator[np.ndarray]:
+    """Cut a C-contiguous array into consecutive slabs (views) along its first axis."""
+    rows = slab_rows(array.shape, values)
+    return (array[start : start + rows] for start in range(0, len(array), rows))
+
+
+class InterpolatingEngine:
+    """B-spline or linear resizing of an array fed as consecutive slabs along its first axis.
+
+    Parameters
+    ----------
+    in_shape, shape : sequence of int
+        Shape of the C-ordered input and of the output.
+    dtype : numpy dtype
+        Type of the input slabs; the computation type follows from it (:func:`computation_type`).
+    order : {3, 1}
+        Cubic B-spline (mirror boundary) or linear (edge repeated).
+    align : {"origin", "center"}
+        Grid alignment (:func:`nidataset._operators.sample_positions`).
+    antialias : bool
+        Smooth each shrinking axis first (:func:`nidataset._operators.antialias_sigma`).
+    slab_values : int
+        About how many values each output slab holds.
+    check_finite : bool
+        Raise :class:`NonFiniteError` on a float slab holding NaN or infinity.
+
+    Attributes
+    ----------
+    low, high
+        Smallest and largest input value fed so far (the input's range, once all is fed).
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        shape: Sequence[int],
+        dtype: npt.DTypeLike,
+        *,
+        order: int = 3,
+        align: str = "origin",
+        antialias: bool = False,
+        slab_values: int = SLAB_VALUES,
+        check_finite: bool = True,
+    ):
+        self.in_shape = tuple(int(n) for n in in_shape)
+        self.shape = check_shapes(self.in_shape, shape, dtype)
+        if order not in (1, 3):
+            raise ValueError(f"order must be 1 or 3 for an interpolating engine, got {order!r}")
+        if align not in ALIGNS:
+            raise ValueError(f"align must be one of {ALIGNS}, got {align!r}")
+        self.dtype = np.dtype(dtype)
+        self.ftype = computation_type(self.dtype)
+        self.operators = tuple(
+            axis_operator(
+                old,
+                new,
+                order=order,
+                align=align,
+                sigma=antialias_sigma(old, new) if antialias else 0.0,
+                dtype=self.ftype,
+            )
+            for old, new in zip(self.in_shape, self.shape, strict=True)
+        )
+        self.before, self.after = plan_axes(self.in_shape, self.operators)
+        plane = list(self.in_shape[1:])
+        for axis in self.before:
+            plane[axis - 1] = self.shape[axis]
+        self.plane = tuple(plane)  # the first axis's rows as its matrix takes them
+        first = self.operators[0]
+        self.window = _Window(first, math.prod(plane), self.ftype) if first is not None else None
+        self.slab_values = slab_values
+        self.check_finite = check_finite and self.dtype.kind == "f"
+        self.low: np.generic | None = None
+        self.high: np.generic | None = None
+        self.fed = 0
+
+    def feed(self, block: np.ndarray) -> Iterator[Slab]:
+        """Take the next rows of the input; iterate over the output slabs they complete, in order."""
+        if block.shape[1:] != self.in_shape[1:] or self.fed + len(block) > self.in_shape[0]:
+            raise ValueError(f"a slab of shape {block.shape} does not continue an array of {self.in_shape}")
+        if len(block) == 0:
+            return iter(())
+        low, high = block.min(), block.max()  # NaN if there is one
+        if self.check_finite and not (np.isfinite(low) and np.isfinite(high)):
+            raise NonFiniteError("the array holds NaN or infinite values")
+        self.low = low if self.low is None else min(self.low, low)
+        self.high = high if self.high is None else max(self.high, high)
+        start = self.fed
+        self.fed += len(block)
+        x = np.ascontiguousarray(block, dtype=self.ftype)  # no copy if it already is
+        for axis in self.before:
+            x = apply_axis(x, axis, self.operators[axis])
+        return self._outputs(start, x)
+
+    def finish(self) -> Iterator[Slab]:
+        """Check that the whole input was fed (every output slab has come out by then)."""
+        if self.fed != self.in_shape[0]:
+            raise ValueError(f"slabs ended at row {self.fed} of {self.in_shape[0]}")
+        return iter(())
+
+    def _outputs(self, start: int, x: np.ndarray) -> Iterator[Slab]:
+        if self.window is None:
+            yield from self._finish_rows(start, x)
+            return
+        for lo, rows in self.window.add(x.reshape(len(x), -1)):
+            yield from self._finish_rows(lo, rows.reshape(len(rows), *self.plane))
+
+    def _finish_rows(self, start: int, rows: np.ndarray) -> Iterator[Slab]:
+        """Resize the rows' remaining (growing) axes, a slab of output values at a time."""
+        if not self.after:
+            yield Slab(start, rows)
+            return
+        step = slab_rows(self.shape, self.slab_values)
+        for lo in range(0, len(rows), step):
+            y = rows[lo : lo + step]
+            for axis in self.after:
+                y = apply_axis(y, axis, self.operators[axis])
+            yield Slab(start + lo, y)
+
+
+class NearestEngine:
+    """Nearest-sample resizing of an array fed as consecutive slabs (values and type kept).
+
+    Output row ``k`` copies input row ``nearest[k]`` at the in-plane nearest samples, so only the input
+    rows some output row takes are kept, and each output row is returned as soon as its row is in.
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        shape: Sequence[int],
+        dtype: npt.DTypeLike,
+        *,
+        align: str = "origin",
+        slab_values: int = SLAB_VALUES,
+    ):
+        self.in_shape = tuple(int(n) for n in in_shape)
+        self.shape = check_shapes(self.in_shape, shape, dtype)
+        self.dtype = np.dtype(dtype)
+        index = [
+            nearest_indices(sample_positions(old, new, align), old)
+            for old, new in zip(self.in_shape, self.shape, strict=True)
+        ]
+        self.rows = index[0]
+        self.plane: tuple[np.ndarray, ...] = np.ix_(*index[1:]) if len(index) > 1 else ()
+        self.step = slab_rows(self.shape, slab_values)
+        self.fed = 0
+        self.done = 0  # output rows returned
+
+    def feed(self, block: np.ndarray) -> Iterator[Slab]:
+        """Take the next rows of the input; iterate over the output rows that copy from them, in slabs."""
+        if block.shape[1:] != self.in_shape[1:] or self.fed + len(block) > self.in_shape[0]:
+            raise ValueError(f"a slab of shape {block.shape} does not continue an array of {self.in_shape}")
+        start, self.fed = self.fed, self.fed + len(block)
+        first, self.done = self.done, int(np.searchsorted(self.rows, self.fed, side="left"))
+        return self._outputs(block, start, first, self.done)
+
+    def finish(self) -> Iterator[Slab]:
+        """Check that the whole input was fed."""
+        if self.fed != self.in_shape[0]:
+            raise ValueError(f"slabs ended at row {self.fed} of {self.in_shape[0]}")
+        return iter(())
+
+    def _outputs(self, block: np.ndarray, start: int, first: int, stop: int) -> Iterator[Slab]:
+        """Output rows ``first:stop`` (they read rows of `block`), a slab at a time."""
+        for lo in range(first, stop, self.step):
+            picked = block[self.rows[lo : min(lo + self.step, stop)] - start]  # a copy
+            if self.plane:
+                index: tuple[Any, ...] = (slice(None), *self.plane)
+                picked = picked[index]
+            yield Slab(lo, picked)
+
+
+def resize(
+    array: npt.ArrayLike,
+    shape: Sequence[int],
+    *,
+    order: int = 3,
+    align: str = "origin",
+    antialias: bool = False,
+    clip: bool = True,
+    output_dtype: npt.DTypeLike | None = None,
+    slab_values: int = SLAB_VALUES,
+) -> np.ndarray:
+    """Resize an array in memory by separable interpolation, with the slab engine.
+
+    Output index ``i`` along an axis samples the input at the position
+    :func:`nidataset._operators.sample_positions` gives.
+
+    Parameters
+    ----------
+    array : array_like
+        Integer or floating point array of any number of dimensions.
+    shape : sequence of int
+        Output shape, one positive size per dimension of `array`.
+    order : {3, 1, 0}, optional
+        Cubic B-spline (mirror boundary), linear (edge repeated) or nearest sample.
+    align : {"origin", "center"}, optional
+        Keep the first sample's position, or centre the new grid on the old one.
+    antialias : bool, optional
+        Before interpolating, smooth each axis that shrinks with a Gaussian of standard deviation
+        ``(old / new - 1) / 2`` samples (as ``skimage.transform.resize(anti_aliasing=True)``), so that detail
+        finer than the new spacing does not fold back as false patterns. Not with ``order=0``.
+    clip : bool, optional
+        Clip the result to the range of the finite input values, removing the spline's overshoot.
+    output_dtype : numpy dtype, optional
+        Type of the result. Integer types are rounded to nearest (not truncated). By default the result
+        stays in the computation type (see Notes); ``order=0`` keeps the input's type.
+    slab_values : int, optional
+        About how many values the engine takes at a time (the result does not depend on it).
+
+    Returns
+    -------
+    numpy.ndarray
+        Array of shape `shape`, C- or Fortran-ordered like `array`.
+
+    Raises
+    ------
+    ValueError
+        If `shape` does not have one positive size per dimension, or `order`, `align` or `antialias` is
+        not one of the choices above.
+    TypeError
+        If `array` is not of an integer or floating point type.
+
+    Notes
+    -----
+    The computation type is float32 for inputs of up to 16-bit integers and for float16/float32, and
+    float64 otherwise (:func:`computation_type`).
+
+    Non-finite values (NaN, +-inf) do not spread: before interpolation each is replaced by its nearest
+    finite neighbour, and each output sample whose nearest input sample is non-finite takes that value
+    (:mod:`nidataset._nonfinite`). An axis whose size does not change is left untouched.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([0.0, 1.0, 4.0, 9.0])
+    >>> resize(x, (8,))  # the spline passes through the samples; past 9 it is mirrored
+    array([0. , 0.3, 1. , 2. , 4. , 7.2, 9. , 7.2])
+    >>> resize(x, (8,), order=1)
+    array([0. , 0.5, 1. , 2.5, 4. , 6.5, 9. , 9. ])
+    >>> resize(np.array([0, 10, 0], dtype=np.int16), (5,), output_dtype=np.int16)
+    array([0, 6, 9, 1, 4], dtype=int16)
+    """
+    from ._nonfinite import NonFinitePatch
+
+    array = np.asarray(array)
+    shape = check_shapes(array.shape, shape, array.dtype)
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    if antialias and order == 0:
+        raise ValueError("antialias applies to the bspline and linear interpolations, not to nearest")
+    if not array.flags.c_contiguous and array.flags.f_contiguous:
+        transposed = resize(
+            array.T,
+            shape[::-1],
+            order=order,
+            align=align,
+            antialias=antialias,
+            clip=clip,
+            output_dtype=output_dtype,
+            slab_values=slab_values,
+        )
+        return transposed.T
+    array = np.ascontiguousarray(array)
+    if order == 0:
+        engine: Engine = NearestEngine(array.shape, shape, array.dtype, align=align, slab_values=slab_values)
+        result = gather(engine, slabs_of(array, slab_values), shape, array.dtype)
+        return result if output_dtype is None else cast(result, output_dtype)
+
+    def run(values: np.ndarray, check_finite: bool) -> tuple[InterpolatingEngine, np.ndarray]:
+        engine = InterpolatingEngine(
+            array.shape,
+            shape,
+            array.dtype,
+            order=order,
+            align=align,
+            antialias=antialias,
+            slab_values=slab_values,
+            check_finite=check_finite,
+        )
+        return engine, gather(engine, slabs_of(values, slab_values), shape, engine.ftype)
+
+    patch = None
+    try:
+        engine, result = run(array, check_finite=True)
+    except NonFiniteError:
+        patch = NonFinitePatch(array, shape, align)
+        engine, result = run(patch.filled, check_finite=False)
+    if clip:
+        np.clip(result, engine.low, engine.high, out=result)
+    if patch is not None:
+        patch.restore(result, 0)
+    return result if output_dtype is None else cast(result, output_dtype)
+
+
+def gather(
+    engine: Engine, blocks: Iterable[np.ndarray], shape: Sequence[int], dtype: npt.DTypeLike
+) -> np.ndarray:
+    """Feed `blocks` to `engine` and collect its output slabs into one new array of `shape`."""
+    out = np.empty(shape, dtype=dtype)
+    for block in blocks:
+        for start, values in engine.feed(block):
+            out[start : start + len(values)] = values
+    for start, values in engine.finish():
+        out[start : start + len(values)] = values
+    return out
+
+
+# --- The first axis's window, and resizing one axis of a slab --------------------------------------------
+
+
+class _Window:
+    """Input rows along the first axis, held until every tile of its matrix that reads them is computed.
+
+    A tile is computed as soon as its last row has come in, in one matrix product over its rows, and
+    tiles come out in output order. The buffer holds the rows of the widest tile plus as many again, so
+    that the rows still needed are moved down only once per that many rows.
+    """
+
+    def __init__(self, op: AxisOperator, width: int, ftype: np.dtype):
+        self.op = op
+        self.tiles = op.tiles
+        # Rows every tile from t on still needs: the smallest first row of tiles t, t + 1, ...
+        self.keep = np.minimum.accumulate([tile.first for tile in op.tiles][::-1])[::-1]
+        self.buffer = np.empty((2 * op.widest, width), dtype=ftype)
+        self.first = 0  # the input row held in buffer[0]
+        self.held = 0
+        self.next = 0  # the next tile to compute
+
+    def add(self, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """Take the next input `rows` (2D); yield ``(lo, output rows)`` of each tile now computable."""
+        while len(rows):
+            room = len(self.buffer) - self.held
+            if room == 0:
+                self._drop()
+                room = len(self.buffer) - self.held
+            if room == 0:  # every held row is still needed: make room
+                grown = np.empty((2 * len(self.buffer), self.buffer.shape[1]), dtype=self.buffer.dtype)
+                grown[: self.held] = self.buffer[: self.held]
+                self.buffer = grown
+                room = len(self.buffer) - self.held
+            take = rows[:room]
+            self.buffer[self.held : self.held + len(take)] = take
+            self.held += len(take)
+            rows = rows[len(take) :]
+            end = self.first + self.held
+            while self.next < len(self.tiles) and self.tiles[self.next].stop <= end:
+                tile = self.tiles[self.next]
+                out = np.empty((tile.hi - tile.lo, self.buffer.shape[1]), dtype=self.buffer.dtype)
+                np.matmul(tile.block, self.buffer[tile.first - self.first : tile.stop - self.first], out=out)
+                self.next += 1
+                yield tile.lo, out
+
+    def _drop(self) -> None:
+        """Let go of the rows no tile still to come reads."""
+        end = self.first + self.held
+        keep = min(int(self.keep[self.next]), end) if self.next < len(self.tiles) else end
+        drop = keep - self.first
+        if drop > 0:
+            self.buffer[: self.held - drop] = self.buffer[drop : self.held]
+            self.first, self.held = keep, self.held - drop
+
+
+def plan_axes(
+    shape: tuple[int, ...], operators: Sequence[AxisOperator | None]
+) -> tuple[list[int], list[int]]:
+    """In-plane axes resized on each input slab, before the first axis, and those resized on each output slab.
+
+    Each list goes from the most shrinking axis. Every shrinking axis goes first (slabs shrink as they
+    come, and the first axis's window is small), unless resizing the first axis earlier saves a quarter
+    of the work; growing axes go last, so that the window holds rows of the smaller plane.
+    """
+    ratio = {a: op.new / op.old for a, op in enumerate(operators) if op is not None}
+    moving = sorted((a for a in ratio if a > 0), key=lambda a: ratio[a])
+    shrinking = [a for a in moving if ratio[a] <= 1]
+    candidates = [shrinking]
+    if 0 in ratio:
+        candidates.append([a for a in shrinking if ratio[a] < ratio[0]])
+
+    def work(before: list[int]) -> int:
+        size, sizes, total = math.prod(shape), list(shape), 0
+        for axis in [*before, *([0] if 0 in ratio else []), *(a for a in moving if a not in before)]:
+            total += size
+            op = operators[axis]
+            assert op is not None
+            sizes[axis] = op.new
+            size = math.prod(sizes)
+        return total
+
+    before = candidates[0]
+    if len(candidates) > 1 and work(candidates[1]) < 0.75 * work(before):
+        before = candidates[1]
+    return before, [a for a in moving if a not in before]
+
+
+def apply_axis(x: np.ndarray, axis: int, op: AxisOperator | None) -> np.ndarray:
+    """Resample C-contiguous `x` along `axis` with `op`; a new C-contiguous array of `x`'s type."""
+    if op is None:
+        return x
+    outer = math.prod(x.shape[:axis])
+    inner = math.prod(x.shape[axis + 1 :])
+    out = np.empty((outer, op.new, inner), dtype=x.dtype)
+    if inner == 1:  # the axis is the last one: rows of samples times the transposed matrix
+        lines, result = x.reshape(outer, op.old), out.reshape(outer, op.new)
+        for tile in op.tiles:
+            np.matmul(lines[:, tile.first : tile.stop], tile.block.T, out=result[:, tile.lo : tile.hi])
+    else:  # the matrix times each plane (outer, old, inner)
+        planes = x.reshape(outer, op.old, inner)
+        for tile in op.tiles:
+            np.matmul(tile.block, planes[:, tile.first : tile.stop], out=out[:, tile.lo : tile.hi])
+    return out.reshape(*x.shape[:axis], op.new, *x.shape[axis + 1 :])

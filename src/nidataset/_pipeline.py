@@ -1,0 +1,337 @@
+"""One file through the engine: read -> resize -> cast -> compress -> write, a slab at a time.
+
+This module moves slabs between the reader and the writer of :mod:`nidataset._nifti` and an engine of
+:mod:`nidataset._engine` or :mod:`nidataset._labels`, and it owns every thread a call uses. How many it
+may use is decided by the caller and passed in (`threads`); nothing here reads or sets a module switch.
+
+What is held whole is the smaller of the input and the output, in its stored type:
+
+- nearest and label maps stream both ways (their values need no range);
+- B-spline and linear values are clipped to the input's range, known only once all of it is read. When
+  the output is the smaller, the input streams through the engine (read by a second thread while the
+  engine computes) and the output is held, cast to its stored type, until the range is known. When the
+  output is the larger, the input is read whole first and the output streams to the compressor (which
+  then works beside the engine);
+- a float volume holding NaN or infinity is read whole (see :mod:`nidataset._nonfinite`) and its output
+  streams.
+
+BLAS runs on one thread during a call (see :mod:`nidataset._blas`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from . import _nifti
+from ._blas import one_blas_thread
+from ._engine import (
+    SLAB_VALUES,
+    Engine,
+    InterpolatingEngine,
+    NearestEngine,
+    NonFiniteError,
+    cast,
+    slab_rows,
+    slabs_of,
+)
+from ._labels import LabelEngine
+from ._nonfinite import NonFinitePatch
+from ._options import Options
+
+__all__ = ["resample_file"]
+
+logger = logging.getLogger(__name__)
+
+
+def resample_file(
+    path: str,
+    folder: str,
+    shape: tuple[int, int, int],
+    options: Options,
+    *,
+    threads: int = 1,
+    skip_existing: bool = False,
+    slab_values: int = SLAB_VALUES,
+) -> str:
+    """Resample the volume at `path` to `shape` voxels into ``folder/<PREFIX>_resampled.nii.gz``.
+
+    Parameters
+    ----------
+    path : str
+        A ``.nii.gz`` file (already checked to exist).
+    folder : str
+        Output folder, created if needed ("" is the current folder).
+    shape : (int, int, int)
+        Output size ``X, Y, Z``.
+    options : Options
+        Interpolation, antialiasing, alignment, preview.
+    threads : int
+        Threads this call may use: 1 runs everything in the calling thread, one step after the other
+        (the compressor's thread only works while the caller waits for it); 2 or more read ahead and
+        compress beside the computation.
+    skip_existing : bool
+        Keep an output that already exists (and draw its missing preview, if one is asked for).
+    slab_values : int
+        About how many values a slab holds (the output does not depend on it).
+
+    Returns
+    -------
+    str
+        Path of the output.
+    """
+    target = os.path.join(folder, _nifti.output_name(path))
+    picture = os.path.join(folder, _nifti.prefix(path) + "_preview.png")
+    if skip_existing and os.path.isfile(target):
+        logger.info("kept %s", target)
+        if options.preview and not os.path.isfile(picture):
+            _draw(path, target, _nifti.read_mid_planes(path), _nifti.read_mid_planes(target), picture)
+        return target
+    source = _nifti.open_volume(path)
+    header = _nifti.resized_header(source.header, shape, align=options.align)
+    taps = _Taps(source, header) if options.preview else None
+    _make_folder(folder)
+    with one_blas_thread():
+        _Run(source, header, target, options, threads, slab_values, taps).go()
+    logger.info("resampled %s %s -> %s %s", path, source.shape, target, shape)
+    if taps is not None:
+        _draw(path, target, taps.original, taps.resampled, picture)
+    return target
+
+
+class _Taps:
+    """The mid-planes of the input and of the output, kept as their slabs go by."""
+
+    def __init__(self, source: _nifti.Source, header: Any):
+        self.original = _nifti.MidPlanes(source.header)
+        self.resampled = _nifti.MidPlanes(header)
+
+
+class _Run:
+    """The slabs of one file between its reader, an engine and its writer."""
+
+    def __init__(
+        self,
+        source: _nifti.Source,
+        header: Any,
+        target: str,
+        options: Options,
+        threads: int,
+        slab_values: int,
+        taps: _Taps | None,
+    ):
+        self.source, self.header, self.target, self.options = source, header, target, options
+        self.threads, self.slab_values, self.taps = threads, slab_values, taps
+        self.in_shape = source.stored_shape
+        x, y, z = (int(n) for n in header.get_data_shape()[:3])
+        self.out_shape = (z, y, x)
+        self.dtype = source.dtype.newbyteorder("=")
+
+    def go(self) -> None:
+        order = self.options.order
+        if order is None or order == 0:
+            self._stream_both()
+        elif np.prod(self.out_shape) <= np.prod(self.in_shape):
+            self._hold_output()
+        else:
+            self._hold_input()
+
+    # --- the three ways through -------------------------------------------------------------------------
+
+    def _stream_both(self) -> None:
+        """Nearest and label maps: input slabs in, output slabs out, nothing held."""
+        engine: Engine
+        if self.options.order == 0:
+            engine = NearestEngine(
+                self.in_shape,
+                self.out_shape,
+                self.dtype,
+                align=self.options.align,
+                slab_values=self.slab_values,
+            )
+        else:
+            engine = LabelEngine(self.in_shape, self.out_shape, self.dtype, align=self.options.align)
+        with self._writer(beside=True) as writer, self._read() as blocks:
+            for block in blocks:
+                self._seen(block)
+                for _, values in engine.feed(block):
+                    self._emit(writer, values)
+            for _, values in engine.finish():
+                self._emit(writer, values)
+
+    def _hold_output(self) -> None:
+        """Stream the input, hold the (smaller) output in its stored type, clip it at the end."""
+        engine = self._interpolating(check_finite=self.dtype.kind == "f")
+        held = np.empty(self.out_shape, dtype=self.dtype)
+        try:
+            with self._read() as blocks:
+                for block in blocks:
+                    self._seen(block)
+                    for start, values in engine.feed(block):
+                        held[start : start + len(values)] = cast(values, self.dtype)
+                engine.finish()
+        except NonFiniteError:
+            logger.debug("'%s' holds NaN or infinite values: reading it whole", self.source.path)
+            self._nonfinite(_nifti.read_stored(self.source), tapped=False)
+            return
+        np.clip(held, engine.low, engine.high, out=held)
+        with self._writer(beside=False) as writer:
+            for block in slabs_of(held, self.slab_values):
+                self._emit(writer, block)
+
+    def _hold_input(self) -> None:
+        """Read the (smaller) input whole, then stream the output to the compressor."""
+        data = _nifti.read_stored(self.source)
+        for block in slabs_of(data, self.slab_values):
+            self._seen(block)
+        low, high = data.min(), data.max()
+        if self.dtype.kind == "f" and not (np.isfinite(low) and np.isfinite(high)):
+            self._nonfinite(data, tapped=True)
+            return
+        engine = self._interpolating(check_finite=False)
+        with self._writer(beside=True) as writer:
+            for block in slabs_of(data, self.slab_values):
+                for _, values in engine.feed(block):
+                    stored = cast(values, self.dtype)
+                    self._emit(writer, np.clip(stored, low, high, out=stored))
+            engine.finish()
+
+    def _nonfinite(self, data: np.ndarray, tapped: bool) -> None:
+        """NaN or infinity in a float volume: fill it whole, stream the output, put the values back."""
+        if not tapped:
+            for block in slabs_of(data, self.slab_values):
+                self._seen(block)
+        patch = NonFinitePatch(data, self.out_shape, self.options.align, in_place=True)
+        low, high = patch.filled.min(), patch.filled.max()  # of the finite values (NaN if there are none)
+        engine = self._interpolating(check_finite=False)
+        with self._writer(beside=True) as writer:
+            for block in slabs_of(patch.filled, self.slab_values):
+                for start, values in engine.feed(block):
+                    stored = cast(values, self.dtype)
+                    np.clip(stored, low, high, out=stored)
+                    patch.restore(stored, start)
+                    self._emit(writer, stored)
+            engine.finish()
+
+    # --- pieces -------------------------------------------------------------------------------------------
+
+    def _interpolating(self, check_finite: bool) -> InterpolatingEngine:
+        return InterpolatingEngine(
+            self.in_shape,
+            self.out_shape,
+            self.dtype,
+            order=self.options.order or 1,
+            align=self.options.align,
+            antialias=self.options.antialias,
+            slab_values=self.slab_values,
+            check_finite=check_finite,
+        )
+
+    def _read(self) -> contextlib.AbstractContextManager[Iterator[np.ndarray]]:
+        """Iterate over the input's slabs, read ahead by a second thread if the call has one."""
+        rows = slab_rows(self.in_shape, self.slab_values)
+        if self.threads >= 2:
+            return _ReadAhead(self.source, rows)
+        return _read_here(self.source, rows)
+
+    def _writer(self, beside: bool) -> _nifti.SlabWriter:
+        """Open the output's writer; compressing beside the engine (`beside`) leaves it one thread fewer."""
+        compress = self.threads - 1 if beside else self.threads
+        return _nifti.SlabWriter(self.target, self.header, threads=max(1, compress), wait=self.threads == 1)
+
+    def _seen(self, block: np.ndarray) -> None:
+        if self.taps is not None:
+            self.taps.original.add(block)
+
+    def _emit(self, writer: _nifti.SlabWriter, values: np.ndarray) -> None:
+        if self.taps is not None:
+            self.taps.resampled.add(values)
+        writer.write(values)
+
+
+class _ReadAhead:
+    """Iterate over the slabs of a file while a second thread decompresses the next ones.
+
+    Three buffers go round: one is filled while the caller works on another; a buffer goes back to the
+    reader only when the caller asks for the next slab, so the caller may use a slab until then.
+    """
+
+    _DONE = object()
+
+    def __init__(self, source: _nifti.Source, rows: int, buffers: int = 3):
+        self.source, self.rows = source, rows
+        nz, ny, nx = source.stored_shape
+        self.free: queue.Queue[np.ndarray | None] = queue.Queue()
+        for _ in range(buffers):
+            self.free.put(np.empty((min(rows, nz), ny, nx), dtype=source.dtype))
+        self.ready: queue.Queue[Any] = queue.Queue()
+        self.thread = threading.Thread(target=self._fill, name="nidataset-read", daemon=True)
+
+    def __enter__(self) -> Iterator[np.ndarray]:
+        self.thread.start()
+        return self._blocks()
+
+    def __exit__(self, *exc: object) -> None:
+        self.free.put(None)  # stops the reader at its next buffer
+        self.thread.join()
+
+    def _buffers(self) -> Iterator[np.ndarray]:
+        while (buffer := self.free.get()) is not None:
+            yield buffer
+        raise _Stopped
+
+    def _fill(self) -> None:
+        try:
+            for block in _nifti.read_slabs(self.source, self.rows, self._buffers()):
+                self.ready.put(block)
+            self.ready.put(self._DONE)
+        except _Stopped:
+            pass
+        except BaseException as err:  # handed to the caller's thread, which raises it
+            self.ready.put(_Failure(err))
+
+    def _blocks(self) -> Iterator[np.ndarray]:
+        while (block := self.ready.get()) is not self._DONE:
+            if isinstance(block, _Failure):
+                raise block.error
+            yield block
+            self.free.put(block.base if block.base is not None else block)
+
+
+class _Stopped(Exception):
+    """The caller no longer wants slabs."""
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+@contextlib.contextmanager
+def _read_here(source: _nifti.Source, rows: int) -> Iterator[Iterator[np.ndarray]]:
+    """Iterate over the input's slabs, read in the calling thread as they are asked for."""
+    blocks = _nifti.read_slabs(source, rows)
+    try:
+        yield blocks
+    finally:
+        blocks.close()
+
+
+def _draw(path: str, target: str, original: Any, resampled: Any, picture: str) -> None:
+    from ._preview import write_preview  # matplotlib: only when a preview is asked for
+
+    write_preview(original, resampled, picture, names=(os.path.basename(path), os.path.basename(target)))
+
+
+def _make_folder(folder: str) -> None:
+    try:
+        os.makedirs(folder or os.curdir, exist_ok=True)  # "" is the current folder
+    except OSError as err:
+        raise OSError(err.errno, f"cannot create the output folder '{folder}': {err.strerror}") from err

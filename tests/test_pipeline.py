@@ -1,0 +1,209 @@
+"""The pipeline: every way through gives the engine's values, the same bytes on any number of threads and
+from any thread, BLAS left as it was, previews without a second read, and memory bounded by the smaller
+of the input and the output."""
+
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from helpers import write_nifti
+from nidataset import _blas, _nifti, _pipeline
+from nidataset._engine import resize
+from nidataset._options import Options
+from nidataset.preprocessing import resampling
+
+SLAB = 3 * 30 * 20  # values per slab: 3 slices of the 20x30 plane, so every file takes many slabs
+
+
+def stored(path):
+    return np.asanyarray(nib.load(path).dataobj)
+
+
+def digest(path):
+    with open(path, "rb") as file:
+        return hashlib.sha256(file.read()).hexdigest()
+
+
+@pytest.fixture
+def volume(tmp_path, rng):
+    data = np.asfortranarray(rng.integers(-1000, 3000, (20, 30, 17)).astype(np.int16))
+    return write_nifti(tmp_path / "v.nii.gz", data), data
+
+
+@pytest.mark.parametrize("interpolation", ["bspline", "linear", "nearest"])
+@pytest.mark.parametrize(
+    "size",
+    [(13, 11, 9), (41, 50, 35), (40, 12, 30)],  # output held (smaller), input held (larger), mixed
+)
+@pytest.mark.parametrize("align", ["origin", "center"])
+def test_every_way_through_gives_the_engine_values(volume, tmp_path, interpolation, size, align):
+    src, data = volume
+    options = Options(interpolation, align=align)
+    out = _pipeline.resample_file(src, str(tmp_path / "out"), size, options, slab_values=SLAB)
+    expected = resize(data, size, order=options.order, align=align, output_dtype=np.int16)
+    np.testing.assert_array_equal(stored(out), expected)
+
+
+@pytest.mark.parametrize("size", [(9, 8, 7), (41, 50, 35)])
+def test_non_finite_volumes_stream_their_output(tmp_path, rng, size):
+    data = np.asfortranarray(rng.standard_normal((20, 30, 17)).astype(np.float32))
+    data[3:5, 10:12, 15] = np.nan
+    data[0:2, 0:2, 0:2] = -np.inf  # output voxel (0, 0, 0) samples input voxel (0, 0, 0)
+    src = write_nifti(tmp_path / "nan.nii.gz", data)
+    out = _pipeline.resample_file(src, str(tmp_path / "out"), size, Options(), slab_values=SLAB)
+    expected = resize(data, size, output_dtype=np.float32)
+    np.testing.assert_array_equal(stored(out), expected)  # NaN where expected has NaN, too
+    assert np.isnan(stored(out)).any() and np.isneginf(stored(out)).any()
+
+
+@pytest.mark.parametrize("interpolation", ["bspline", "nearest", "label"])
+def test_same_bytes_on_any_number_of_threads_and_from_any_thread(volume, tmp_path, interpolation):
+    src, _ = volume
+    outputs = []
+    for threads in (1, 2, 3):
+        folder = tmp_path / f"t{threads}"
+        outputs.append(resampling(src, folder, (41, 25, 9), interpolation=interpolation, threads=threads))
+    with ThreadPoolExecutor(2) as pool:  # worker threads, the default thread count there
+        outputs += pool.map(
+            lambda k: resampling(src, tmp_path / f"pool{k}", (41, 25, 9), interpolation=interpolation),
+            range(4),
+        )
+    assert len({digest(path) for path in outputs}) == 1
+
+
+def test_threads_policy_is_passed_down(volume, tmp_path, monkeypatch):
+    # The call's thread count reaches the pipeline: a reading thread only with 2 or more, none with 1.
+    src, _ = volume
+    started = []
+    real_start = threading.Thread.start
+
+    def spy(self):
+        started.append(self.name)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", spy)
+    resampling(src, tmp_path / "one", (9, 9, 9), threads=1)
+    one = list(started)
+    started.clear()
+    resampling(src, tmp_path / "two", (9, 9, 9), threads=2)
+    assert "nidataset-read" not in one and "nidataset-read" in started
+
+
+def blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+
+
+def test_blas_on_one_thread_during_a_call_then_as_before(volume, tmp_path, monkeypatch):
+    src, _ = volume
+    before = blas_threads()
+    during = []
+    real = _nifti.SlabWriter.write
+
+    def spy(self, block):
+        during.extend(blas_threads())
+        real(self, block)
+
+    monkeypatch.setattr(_nifti.SlabWriter, "write", spy)
+    resampling(src, tmp_path / "out", (41, 50, 35))
+    assert during and set(during) == {1}
+    assert blas_threads() == before
+
+
+def test_concurrent_calls_from_other_threads_leave_blas_as_it_was(volume, tmp_path):
+    # Calls overlap in time: the first in sets the limit, the last out restores it.
+    src, _ = volume
+    before = blas_threads()
+    barrier = threading.Barrier(4)
+
+    def call(k):
+        barrier.wait()
+        return resampling(src, tmp_path / f"o{k}", (30, 40, 25), threads=1)
+
+    with ThreadPoolExecutor(4) as pool:
+        outputs = list(pool.map(call, range(8)))
+    assert blas_threads() == before
+    assert len({digest(path) for path in outputs}) == 1
+
+
+def test_one_blas_thread_is_counted_across_threads():
+    with _blas.one_blas_thread():  # this thread limits and restores first, as a lone call would
+        pass
+    before = blas_threads()
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold():
+        with _blas.one_blas_thread():
+            inside.set()
+            leave.wait(10)
+
+    other = threading.Thread(target=hold)
+    other.start()
+    inside.wait(10)
+    with _blas.one_blas_thread():
+        assert set(blas_threads()) == {1}
+    assert set(blas_threads()) == {1}  # the other thread is still inside
+    leave.set()
+    other.join()
+    assert blas_threads() == before
+
+
+def test_preview_takes_the_planes_from_the_slabs_without_a_second_read(volume, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    src, data = volume
+    opened = []
+    real_open = _nifti.igzip.open
+
+    def spy(path, *args, **kwargs):
+        opened.append(os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(_nifti.igzip, "open", spy)
+    out = resampling(src, tmp_path / "out", (9, 41, 8), preview=True)
+    assert opened == [src]  # the input once; the output never read back
+    # The planes drawn are the volumes' own mid-planes.
+    planes = _nifti.read_mid_planes(src).planes()
+    np.testing.assert_array_equal(planes[0], data[10])
+    np.testing.assert_array_equal(planes[1], data[:, 15])
+    np.testing.assert_array_equal(planes[2], data[:, :, 8])
+    assert _nifti.read_mid_planes(out).planes()[2].shape == (9, 41)
+
+
+MEMORY = """
+import resource, sys
+import numpy as np
+from nidataset.preprocessing import resampling
+
+def peak():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+
+resampling(sys.argv[1], sys.argv[2] + "/warm", (8, 8, 8), interpolation=sys.argv[3])  # imports, operators
+base = peak()
+resampling(sys.argv[1], sys.argv[2] + "/big", (400, 400, 400), interpolation=sys.argv[3])
+print(base, peak())
+"""
+
+
+@pytest.mark.parametrize("interpolation", ["bspline", "nearest", "label"])
+def test_memory_of_a_large_upsampling_is_bounded(tmp_path, interpolation):
+    # 64^3 int16 -> 400^3: the output is 128 MB as int16 (256 MB as float32). Streaming it to the file,
+    # the process grows by a window and a few slabs of a few MB each, not by the output.
+    data = np.asfortranarray((np.indices((64, 64, 64)).sum(axis=0) % 7).astype(np.int16))
+    src = write_nifti(tmp_path / "small.nii.gz", data)
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY, src, str(tmp_path), interpolation], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    base, peak = map(int, done.stdout.split())
+    grown = (peak - base) / 2**20
+    assert grown < 64, f"grew by {grown:.0f} MiB"
+    assert nib.load(tmp_path / "big" / "small_resampled.nii.gz").shape == (400, 400, 400)
