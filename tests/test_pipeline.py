@@ -1,6 +1,6 @@
 """The pipeline: every way through gives the engine's values, the same bytes on any number of threads and
-from any thread, BLAS left as it was, previews without a second read, and memory bounded by the smaller
-of the input and the output."""
+from any thread, previews without a second read, and memory bounded by the smaller of the input and the
+output."""
 
 import hashlib
 import os
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from helpers import write_nifti
-from nidataset import _blas, _nifti, _pipeline
+from nidataset import _nifti, _pipeline
 from nidataset._engine import resize
 from nidataset._options import Options
 from nidataset.preprocessing import resampling
@@ -94,66 +94,6 @@ def test_threads_policy_is_passed_down(volume, tmp_path, monkeypatch):
     started.clear()
     resampling(src, tmp_path / "two", (9, 9, 9), threads=2)
     assert "nidataset-read" not in one and "nidataset-read" in started
-
-
-def blas_threads():
-    from threadpoolctl import threadpool_info
-
-    return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
-
-
-def test_blas_on_one_thread_during_a_call_then_as_before(volume, tmp_path, monkeypatch):
-    src, _ = volume
-    before = blas_threads()
-    during = []
-    real = _nifti.SlabWriter.write
-
-    def spy(self, block):
-        during.extend(blas_threads())
-        real(self, block)
-
-    monkeypatch.setattr(_nifti.SlabWriter, "write", spy)
-    resampling(src, tmp_path / "out", (41, 50, 35))
-    assert during and set(during) == {1}
-    assert blas_threads() == before
-
-
-def test_concurrent_calls_from_other_threads_leave_blas_as_it_was(volume, tmp_path):
-    # Calls overlap in time: the first in sets the limit, the last out restores it.
-    src, _ = volume
-    before = blas_threads()
-    barrier = threading.Barrier(4)
-
-    def call(k):
-        barrier.wait()
-        return resampling(src, tmp_path / f"o{k}", (30, 40, 25), threads=1)
-
-    with ThreadPoolExecutor(4) as pool:
-        outputs = list(pool.map(call, range(8)))
-    assert blas_threads() == before
-    assert len({digest(path) for path in outputs}) == 1
-
-
-def test_one_blas_thread_is_counted_across_threads():
-    with _blas.one_blas_thread():  # this thread limits and restores first, as a lone call would
-        pass
-    before = blas_threads()
-    inside, leave = threading.Event(), threading.Event()
-
-    def hold():
-        with _blas.one_blas_thread():
-            inside.set()
-            leave.wait(10)
-
-    other = threading.Thread(target=hold)
-    other.start()
-    inside.wait(10)
-    with _blas.one_blas_thread():
-        assert set(blas_threads()) == {1}
-    assert set(blas_threads()) == {1}  # the other thread is still inside
-    leave.set()
-    other.join()
-    assert blas_threads() == before
 
 
 def test_preview_takes_the_planes_from_the_slabs_without_a_second_read(volume, tmp_path, monkeypatch):

@@ -1,0 +1,83 @@
+"""BLAS on one thread during calls, from any thread, counted across concurrent calls, then as it was."""
+
+import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+from helpers import write_nifti
+from nidataset import _blas, _nifti
+from nidataset.preprocessing import resampling
+
+
+def digest(path):
+    with open(path, "rb") as file:
+        return hashlib.sha256(file.read()).hexdigest()
+
+
+@pytest.fixture
+def volume(tmp_path, rng):
+    data = np.asfortranarray(rng.integers(-1000, 3000, (20, 30, 17)).astype(np.int16))
+    return write_nifti(tmp_path / "v.nii.gz", data)
+
+
+def blas_threads():
+
+    return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+
+
+def test_blas_on_one_thread_during_a_call_then_as_before(volume, tmp_path, monkeypatch):
+    src = volume
+    before = blas_threads()
+    during = []
+    real = _nifti.SlabWriter.write
+
+    def spy(self, block):
+        during.extend(blas_threads())
+        real(self, block)
+
+    monkeypatch.setattr(_nifti.SlabWriter, "write", spy)
+    resampling(src, tmp_path / "out", (41, 50, 35))
+    assert during and set(during) == {1}
+    assert blas_threads() == before
+
+
+def test_concurrent_calls_from_other_threads_leave_blas_as_it_was(volume, tmp_path):
+    # Calls overlap in time: the first in sets the limit, the last out restores it.
+    src = volume
+    before = blas_threads()
+    barrier = threading.Barrier(4)
+
+    def call(k):
+        barrier.wait()
+        return resampling(src, tmp_path / f"o{k}", (30, 40, 25), threads=1)
+
+    with ThreadPoolExecutor(4) as pool:
+        outputs = list(pool.map(call, range(8)))
+    assert blas_threads() == before
+    assert len({digest(path) for path in outputs}) == 1
+
+
+def test_one_blas_thread_is_counted_across_threads():
+    with _blas.one_blas_thread():  # this thread limits and restores first, as a lone call would
+        pass
+    before = blas_threads()
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold():
+        with _blas.one_blas_thread():
+            inside.set()
+            leave.wait(10)
+
+    other = threading.Thread(target=hold)
+    other.start()
+    inside.wait(10)
+    with _blas.one_blas_thread():
+        assert set(blas_threads()) == {1}
+    assert set(blas_threads()) == {1}  # the other thread is still inside
+    leave.set()
+    other.join()
+    assert blas_threads() == before
