@@ -57,8 +57,11 @@ print(imported - start, done - imported, peak)
 def whole_process(python, src, out, size):
     """Wall time, import time, call time and peak RSS (bytes) of one resampling() in a new process."""
     code = RUN.format(src=src, out=out, size=tuple(size))
+    env = dict(os.environ)
+    if python != sys.executable:  # the reference's venv must import its own nidataset, not a checkout's
+        env.pop("PYTHONPATH", None)
     start = time.perf_counter()
-    done = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if done.returncode:
         raise RuntimeError(f"{python} failed:\n{done.stderr}")
