@@ -3,6 +3,7 @@
 import gzip
 import logging
 import os
+import threading
 from pathlib import Path
 
 import nibabel as nib
@@ -177,8 +178,10 @@ def test_volumes_streamed_in_many_slabs_give_the_engine_values(tmp_path, monkeyp
     np.testing.assert_array_equal(np.asanyarray(nib.load(out).dataobj), expected)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("size", [(9, 9, 9), (40, 60, 30)])  # output held, or input held
 @pytest.mark.parametrize("where", [0.5, 0.97])
-def test_data_corrupt_past_the_first_slabs_names_the_file(tmp_path, monkeypatch, rng, where):
+def test_data_corrupt_past_the_first_slabs_names_the_file(tmp_path, rng, where, size, threads):
     # The header and the size in the gzip trailer are right; the damage shows only once slabs are being
     # computed (a bad deflate block, or the checksum at the end).
     good = Path(write_nifti(tmp_path / "good.nii.gz", rng.integers(0, 3000, (20, 30, 17)).astype(np.int16)))
@@ -188,8 +191,11 @@ def test_data_corrupt_past_the_first_slabs_names_the_file(tmp_path, monkeypatch,
     path = tmp_path / "damaged.nii.gz"
     path.write_bytes(damaged)
     with pytest.raises(InvalidVolumeError, match=r"'.*damaged.nii.gz' is not a readable NIfTI file"):
-        _pipeline.resample_file(str(path), str(tmp_path / "out"), (9, 9, 9), Options(), slab_values=1200)
+        _pipeline.resample_file(
+            str(path), str(tmp_path / "out"), size, Options(), threads=threads, slab_values=1200
+        )
     assert listing(tmp_path / "out") == []
+    assert not [t for t in threading.enumerate() if t.name == "nidataset-read"]  # the reader has ended
 
 
 def test_output_is_standard_gzip(scan, tmp_path):

@@ -272,6 +272,7 @@ class _ReadAhead:
         for _ in range(buffers):
             self.free.put(np.empty((min(rows, nz), ny, nx), dtype=source.dtype))
         self.ready: queue.Queue[Any] = queue.Queue()
+        self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._fill, name="nidataset-read", daemon=True)
 
     def __enter__(self) -> Iterator[np.ndarray]:
@@ -279,11 +280,12 @@ class _ReadAhead:
         return self._blocks()
 
     def __exit__(self, *exc: object) -> None:
-        self.free.put(None)  # stops the reader at its next buffer
+        self.stopped.set()
+        self.free.put(None)  # wakes the reader if it waits for a buffer
         self.thread.join()
 
     def _buffers(self) -> Iterator[np.ndarray]:
-        while (buffer := self.free.get()) is not None:
+        while (buffer := self.free.get()) is not None and not self.stopped.is_set():
             yield buffer
         raise _Stopped
 
