@@ -399,3 +399,13 @@ def test_antialias_uses_scikit_image_sigma(rng):
 def test_bad_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
         resize(np.ones((3, 3, 3)), (2, 2, 2), **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+def test_64_bit_integers_saturate_at_their_limits(dtype):
+    # float64 rounds the 64-bit limits up to 2**63 or 2**64, which no such integer holds.
+    info = np.iinfo(dtype)
+    values = np.array([-1e30, float(info.min), 5.4, float(info.max), 1e30])
+    assert cast(values.copy(), dtype).tolist() == [info.min, info.min, 5, info.max, info.max]
+    x = np.array([info.min, 0, info.max, info.max], dtype=dtype)  # the limits are kept by interpolation
+    assert resize(x, (4,), order=1, output_dtype=dtype).tolist() == x.tolist()

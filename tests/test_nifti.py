@@ -1,7 +1,10 @@
 """Hostile and damaged inputs: clear errors naming the file, no large allocation, nothing written outside."""
 
+import errno
 import gzip
 import os
+import subprocess
+import sys
 import time
 import tracemalloc
 
@@ -110,3 +113,38 @@ def test_output_folder_that_cannot_exist(tmp_path):
     src = write_nifti(tmp_path / "in.nii.gz", np.zeros((4, 4, 4), np.int16))
     with pytest.raises(OSError, match=r"cannot create the output folder '/proc/nidataset-test/out'"):
         resampling(src, "/proc/nidataset-test/out", (2, 2, 2))
+
+
+FULL_DISK = """
+import os, resource, signal, sys, threading
+import nibabel as nib
+import numpy as np
+from nidataset._nifti import SlabWriter
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))
+header = nib.Nifti1Header()
+header.set_data_dtype(np.int16)
+header.set_data_shape((200, 200, 40))
+data = np.random.default_rng(0).integers(0, 30000, (40, 200, 200)).astype(np.int16)  # 3.2 MB
+target, threads, wait = os.path.join(sys.argv[1], "x.nii.gz"), int(sys.argv[2]), sys.argv[3] == "1"
+try:
+    with SlabWriter(target, header, threads=threads, wait=wait) as w:
+        for k in range(0, 40, 4):
+            w.write(data[k : k + 4])
+except OSError as err:
+    print(err.errno, sorted(os.listdir(sys.argv[1])), [t.name for t in threading.enumerate()])
+"""
+
+
+@pytest.mark.parametrize(("threads", "wait"), [(1, 1), (2, 0), (3, 0)])
+def test_a_full_disk_raises_and_leaves_nothing(tmp_path, threads, wait):
+    # The compressor raises the same error from write, flush and close: it must come out once, promptly.
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(tmp_path), str(threads), str(wait)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(errno.EFBIG), "[]", "['MainThread']"]

@@ -147,3 +147,15 @@ def test_memory_of_a_large_upsampling_is_bounded(tmp_path, interpolation):
     grown = (peak - base) / 2**20
     assert grown < 64, f"grew by {grown:.0f} MiB"
     assert nib.load(tmp_path / "big" / "small_resampled.nii.gz").shape == (400, 400, 400)
+
+
+@pytest.mark.parametrize("size", [(9, 8, 7), (41, 50, 35)])
+def test_preview_of_a_volume_with_nan_found_midway(tmp_path, rng, size):
+    # The NaN shows up in a later slab: the slabs seen before it are seen again, once.
+    pytest.importorskip("matplotlib")
+    data = np.asfortranarray(rng.standard_normal((20, 30, 17)).astype(np.float32))
+    data[5, 5, 14] = np.nan
+    src = write_nifti(tmp_path / "nan.nii.gz", data)
+    out = _pipeline.resample_file(src, str(tmp_path / "out"), size, Options(preview=True), slab_values=SLAB)
+    np.testing.assert_array_equal(stored(out), resize(data, size, output_dtype=np.float32))
+    assert (tmp_path / "out" / "nan_preview.png").is_file()

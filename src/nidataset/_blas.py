@@ -8,8 +8,9 @@ OpenBLAS built on pthreads (NumPy's and SciPy's wheels) has one process-wide thr
 running at once share one limit: the first to enter sets it, the last to leave restores the count it
 found. It is set through OpenBLAS's own functions, found with threadpoolctl: threadpoolctl's limiter lets
 only the first thread that ever set this count change it again, which would leave calls from other
-threads unlimited, or unable to restore. Libraries whose count is per thread (MKL, OpenBLAS on OpenMP)
-are limited in the calling thread only, with threadpoolctl.
+threads unlimited, or unable to restore. BLIS and FlexiBLAS, also process-wide, are counted the same
+way through threadpoolctl. Libraries whose count is per thread (MKL, OpenBLAS on OpenMP) are limited
+in the calling thread only, with threadpoolctl.
 """
 
 from __future__ import annotations
@@ -42,24 +43,22 @@ def one_blas_thread() -> Iterator[None]:
 
     global _users
     controller = ThreadpoolController()
-    shared = [info for info in controller.info() if _process_wide(info)]
+    blas = [info for info in controller.info() if info["user_api"] == "blas"]
     with _lock:
         if _users == 0:
-            _restore[:] = [_limit_openblas(info) for info in shared]
+            _restore[:] = [_limit_process_wide(controller, info) for info in blas if _process_wide(info)]
         _users += 1
-    per_thread = controller.select(
-        filepath=[
-            info["filepath"]
-            for info in controller.info()
-            if info["user_api"] == "blas" and not _process_wide(info)
-        ]
-    )
-    limiter = per_thread.limit(limits=1) if per_thread.lib_controllers else None
     try:
-        yield
+        per_thread = controller.select(
+            filepath=[info["filepath"] for info in blas if not _process_wide(info)]
+        )
+        limiter = per_thread.limit(limits=1) if per_thread.lib_controllers else None
+        try:
+            yield
+        finally:
+            if limiter is not None:
+                limiter.restore_original_limits()
     finally:
-        if limiter is not None:
-            limiter.restore_original_limits()
         with _lock:
             _users -= 1
             if _users == 0:
@@ -69,12 +68,25 @@ def one_blas_thread() -> Iterator[None]:
 
 
 def _process_wide(info: dict[str, Any]) -> bool:
-    """Whether a library (threadpoolctl's description) is OpenBLAS with one thread count per process."""
-    return info.get("internal_api") == "openblas" and info.get("threading_layer") != "openmp"
+    """Whether a BLAS (threadpoolctl's description) has one thread count for the whole process.
+
+    OpenBLAS on pthreads, BLIS and FlexiBLAS do; MKL and OpenBLAS on OpenMP keep one per thread.
+    """
+    if info.get("internal_api") == "openblas":
+        return info.get("threading_layer") != "openmp"
+    return info.get("internal_api") in ("blis", "flexiblas")
+
+
+def _limit_process_wide(controller: Any, info: dict[str, Any]) -> Callable[[], None]:
+    """Set a process-wide BLAS to one thread; return what sets it back."""
+    if info.get("internal_api") != "openblas":  # threadpoolctl sets these from any thread
+        limiter = controller.select(filepath=info["filepath"]).limit(limits=1)
+        return limiter.restore_original_limits
+    return _limit_openblas(info)
 
 
 def _limit_openblas(info: dict[str, Any]) -> Callable[[], None]:
-    """Set an OpenBLAS library to one thread; return what sets it back."""
+    """Set an OpenBLAS library to one thread through its own functions; return what sets it back."""
     library = ctypes.CDLL(info["filepath"])  # already loaded: the same handle
     for prefix in ("", "scipy_"):
         for suffix in ("", "64_", "_64"):

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from ._nonfinite import NonFinitePatch
 from ._operators import (
     ALIGNS,
     ORDERS,
@@ -38,10 +39,14 @@ __all__ = [
     "NearestEngine",
     "NonFiniteError",
     "Slab",
+    "apply_axis",
     "cast",
     "check_shapes",
     "computation_type",
+    "gather",
+    "plan_axes",
     "resize",
+    "slab_rows",
     "slabs_of",
 ]
 
@@ -100,13 +105,22 @@ def cast(values: np.ndarray, dtype: npt.DTypeLike) -> np.ndarray:
     --------
     >>> cast(np.array([-0.6, 0.5, 1.5, 2.4, 300.0]), np.uint8)
     array([  0,   0,   2,   2, 255], dtype=uint8)
+    >>> cast(np.array([1e30, -1e30]), np.int64)
+    array([ 9223372036854775807, -9223372036854775808])
     """
     dtype = np.dtype(dtype)
-    if dtype.kind in "iu" and values.dtype.kind == "f":
-        np.rint(values, out=values)
-        info = np.iinfo(dtype)
-        np.clip(values, info.min, info.max, out=values)
-    return values.astype(dtype, copy=False)
+    if dtype.kind not in "iu" or values.dtype.kind != "f":
+        return values.astype(dtype, copy=False)
+    np.rint(values, out=values)
+    info = np.iinfo(dtype)
+    np.clip(values, info.min, info.max, out=values)
+    if float(info.max) == info.max:  # the float holds every limit exactly: up to 32-bit integers
+        return values.astype(dtype, copy=False)
+    # 64-bit limits round up to 2**63 or 2**64 in float64, which no such integer holds: saturate them.
+    over = values >= float(info.max)
+    result = np.where(over, 0, values).astype(dtype)
+    result[over] = info.max
+    return result
 
 
 def check_shapes(in_shape: Sequence[int], shape: Sequence[int], dtype: npt.DTypeLike) -> tuple[int, ...]:
@@ -339,7 +353,8 @@ def resize(
         Type of the result. Integer types are rounded to nearest (not truncated). By default the result
         stays in the computation type (see Notes); ``order=0`` keeps the input's type.
     slab_values : int, optional
-        About how many values the engine takes at a time (the result does not depend on it).
+        About how many values the engine takes at a time. Results can differ in the last bits of float
+        rounding between slab sizes (BLAS picks its kernels by size); files use the default.
 
     Returns
     -------
@@ -374,8 +389,6 @@ def resize(
     >>> resize(np.array([0, 10, 0], dtype=np.int16), (5,), output_dtype=np.int16)
     array([0, 6, 9, 1, 4], dtype=int16)
     """
-    from ._nonfinite import NonFinitePatch
-
     array = np.asarray(array)
     shape = check_shapes(array.shape, shape, array.dtype)
     if order not in ORDERS:

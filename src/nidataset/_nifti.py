@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import nibabel as nib
 import numpy as np
@@ -37,12 +37,11 @@ __all__ = [
     "MidPlanes",
     "SlabWriter",
     "Source",
-    "Volume",
     "atomic_file",
     "open_volume",
     "output_name",
     "prefix",
-    "read",
+    "preview_name",
     "read_mid_planes",
     "read_slabs",
     "read_stored",
@@ -101,15 +100,6 @@ class Source:
         return z, y, x
 
 
-@dataclass(frozen=True)
-class Volume:
-    """A 3D volume as stored: raw values in their on-disk type, and the header describing them."""
-
-    path: str
-    data: np.ndarray
-    header: nib.Nifti1Header  # or a Nifti2Header
-
-
 def prefix(path: str | os.PathLike) -> str:
     """File name without folder and without ``.nii.gz``.
 
@@ -131,6 +121,17 @@ def output_name(path: str | os.PathLike) -> str:
     'scan_042_resampled.nii.gz'
     """
     return f"{prefix(path)}_resampled{SUFFIX}"
+
+
+def preview_name(path: str | os.PathLike[str]) -> str:
+    """Name of the preview picture of `path` and its output: ``<PREFIX>_preview.png``.
+
+    Examples
+    --------
+    >>> preview_name("scans/scan_042.nii.gz")
+    'scan_042_preview.png'
+    """
+    return f"{prefix(path)}_preview.png"
 
 
 def open_volume(path: str) -> Source:
@@ -168,15 +169,6 @@ def open_volume(path: str) -> Source:
         _check_claimed_size(path, offset + math.prod(shape) * dtype.itemsize)
     x, y, z = shape[:3]
     return Source(path=path, header=header, shape=(x, y, z), dtype=dtype, offset=offset)
-
-
-def read(path: str) -> Volume:
-    """Read a whole 3D NIfTI volume (see :func:`open_volume` for the checks and errors)."""
-    source = open_volume(path)
-    data = np.empty(source.shape, dtype=source.dtype, order="F")
-    with _voxels(source) as fill:
-        fill(data.T)  # data.T is C-contiguous: its bytes in NIfTI's order
-    return Volume(path=path, data=data, header=source.header)
 
 
 def read_stored(source: Source) -> np.ndarray:
@@ -314,8 +306,8 @@ class SlabWriter:
     Use it as a context manager: the file appears under its final name only once the block ends without
     error and every voxel was written; otherwise nothing is left behind. The compressed bytes do not
     depend on how the voxels are cut into slabs nor on the number of threads: the stream is cut into
-    blocks of 1 MiB counted from the first voxel (the header is a block of its own, or shares the only
-    one), and each block is compressed primed with the 32 KiB before it.
+    blocks of 1 MiB counted from the first voxel (the header is a block of its own unless header and
+    voxels fit in one), and each block is compressed primed with the 32 KiB before it.
 
     Parameters
     ----------
@@ -326,8 +318,8 @@ class SlabWriter:
     threads : int
         Threads compressing.
     wait : bool
-        Return from :meth:`write` only once its blocks are compressed and written, so that compressing
-        never runs beside the caller's own work.
+        Return from :meth:`write` only once what it handed on is compressed and written, so that
+        compressing never runs beside the caller's own work.
     """
 
     def __init__(self, path: str, header: nib.Nifti1Header, threads: int = 1, wait: bool = False):
@@ -340,21 +332,24 @@ class SlabWriter:
         self.wait = wait
         self.pending = bytearray()  # the start of the next block
         self.written = 0
-        self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> SlabWriter:
-        with contextlib.ExitStack() as stack:
-            raw = stack.enter_context(atomic_file(self.path))
-            self.gz = stack.enter_context(
-                igzip_threaded.open(
-                    raw, "wb", compresslevel=COMPRESS_LEVEL, threads=self.threads, block_size=_BLOCK
-                )
-            )
+        self._file = self._open()
+        self.gz = next(self._file)
+        return self
+
+    def _open(self) -> Generator[BinaryIO, None, None]:
+        """Open the temporary file and its compressor, and write the header; rename on success."""
+        with (
+            atomic_file(self.path) as raw,
+            igzip_threaded.open(
+                raw, "wb", compresslevel=COMPRESS_LEVEL, threads=self.threads, block_size=_BLOCK
+            ) as gz,
+        ):
             head = io.BytesIO()  # nibabel writes extensions with tell(), which the threaded writer lacks
             self.header.write_to(head)
-            self.gz.write(head.getbuffer())
-            self._stack = stack.pop_all()
-        return self
+            gz.write(head.getbuffer())
+            yield gz
 
     def write(self, block: np.ndarray) -> None:
         """Append the next slab: C-ordered ``Z, Y, X`` voxels (converted to the header's type)."""
@@ -362,6 +357,7 @@ class SlabWriter:
         if self.written + len(data) > self.expected:
             raise ValueError(f"more voxels than the header of '{self.path}' describes")
         self.written += len(data)
+        handed = False
         if self.pending:
             take = min(len(data), _BLOCK - len(self.pending))
             self.pending += data[:take]
@@ -370,29 +366,43 @@ class SlabWriter:
                 return
             self.gz.write(self.pending)
             self.pending = bytearray()
+            handed = True
         whole = len(data) - len(data) % _BLOCK
         if whole:
             self.gz.write(data[:whole])
+            handed = True
         self.pending += data[whole:]
-        if whole and self.wait:
-            self.gz.flush()  # only whole blocks are flushed: the block boundaries stay the same
+        if handed and self.wait:
+            self.gz.flush()  # only whole blocks were handed on: the block boundaries stay the same
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        if kind is None and self.written != self.expected:
-            error = ValueError(
-                f"'{self.path}': {self.written:,} of {self.expected:,} voxel bytes were written"
-            )
-            self._stack.__exit__(type(error), error, None)
-            raise error
-        if kind is None and self.pending:
+    ) -> Literal[False]:
+        if error is None:
             try:
-                self.gz.write(self.pending)
+                if self.written != self.expected:
+                    raise ValueError(
+                        f"'{self.path}': {self.written:,} of {self.expected:,} voxel bytes were written"
+                    )
+                if self.pending:
+                    self.gz.write(self.pending)
             except BaseException as err:
-                self._stack.__exit__(type(err), err, err.__traceback__)
+                error = err
+        if error is None:
+            try:
+                next(self._file)  # closes the compressor and renames the file
+            except StopIteration:
+                return False
+            raise RuntimeError("the writer did not stop")  # pragma: no cover
+        try:
+            self._file.throw(error)  # closes both, deletes the temporary file, raises `error` again
+        except StopIteration:
+            return False
+        except BaseException as raised:
+            if raised is not error or kind is None:
                 raise
-        self._stack.__exit__(kind, error, trace)
+            return False  # the caller's own exception propagates
+        raise RuntimeError("the writer swallowed an error")  # pragma: no cover
 
 
 class MidPlanes:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._operators import ALIGNS
+
 __all__ = [
     "ALIGNS",
     "INTERPOLATIONS",
@@ -27,8 +29,6 @@ __all__ = [
 
 #: Interpolations and their spline orders ("label" has its own algorithm, on linear weights).
 INTERPOLATIONS: dict[str, int | None] = {"bspline": 3, "linear": 1, "nearest": 0, "label": None}
-#: Grid alignments: keep the first voxel's centre, or centre the new grid on the old one.
-ALIGNS = ("origin", "center")
 #: Layouts of a dataset's outputs: a folder per case, or all in one folder.
 SAVING_MODES = ("case", "folder")
 #: Interpolations that antialiasing applies to.
@@ -144,10 +144,10 @@ def available_cores() -> int:
 def resolve_threads(threads: int | None) -> int:
     """Threads one call may use: `threads` itself, or by default the cores a lone call has.
 
-    A call from the main thread of a process that no pool started (a script, a notebook, the command
-    line) has every core of the process. A call from any other thread (a thread pool, a Dask task) or from
-    a process of a pool (``multiprocessing``, ``concurrent.futures.ProcessPoolExecutor``) shares the cores
-    with its siblings, so it takes one.
+    A call from the main thread of a process that ``multiprocessing`` did not start (a script, a
+    notebook, the command line) has every core of the process. A call from any other thread (a thread
+    pool, a Dask task) or from a process that ``multiprocessing`` started (a pool's worker, say) is taken
+    to share the cores with its siblings, so it takes one.
     """
     if threads is not None:
         return check_positive_int("threads", threads)

@@ -80,7 +80,8 @@ def resample_file(
     skip_existing : bool
         Keep an output that already exists (and draw its missing preview, if one is asked for).
     slab_values : int
-        About how many values a slab holds (the output does not depend on it).
+        About how many values a slab holds. The default makes the output independent of the number of
+        threads; other sizes can change the last bits of float rounding (BLAS picks kernels by size).
 
     Returns
     -------
@@ -88,7 +89,7 @@ def resample_file(
         Path of the output.
     """
     target = os.path.join(folder, _nifti.output_name(path))
-    picture = os.path.join(folder, _nifti.prefix(path) + "_preview.png")
+    picture = os.path.join(folder, _nifti.preview_name(path))
     if skip_existing and os.path.isfile(target):
         logger.info("kept %s", target)
         if options.preview and not os.path.isfile(picture):
@@ -158,7 +159,8 @@ class _Run:
             )
         else:
             engine = LabelEngine(self.in_shape, self.out_shape, self.dtype, align=self.options.align)
-        with self._writer(beside=True) as writer, self._read() as blocks:
+        reading = self.threads >= 3  # a reading thread, the engine, and compressing beside them
+        with self._writer(busy=2 if reading else 1) as writer, self._read(ahead=reading) as blocks:
             for block in blocks:
                 self._seen(block)
                 for _, values in engine.feed(block):
@@ -171,18 +173,22 @@ class _Run:
         engine = self._interpolating(check_finite=self.dtype.kind == "f")
         held = np.empty(self.out_shape, dtype=self.dtype)
         try:
-            with self._read() as blocks:
+            with self._read(ahead=self.threads >= 2) as blocks:
                 for block in blocks:
                     self._seen(block)
                     for start, values in engine.feed(block):
                         held[start : start + len(values)] = cast(values, self.dtype)
-                engine.finish()
+                for start, values in engine.finish():
+                    held[start : start + len(values)] = cast(values, self.dtype)
         except NonFiniteError:
             logger.debug("'%s' holds NaN or infinite values: reading it whole", self.source.path)
+            del held
+            if self.taps is not None:  # the slabs seen so far are seen again
+                self.taps.original = _nifti.MidPlanes(self.source.header)
             self._nonfinite(_nifti.read_stored(self.source), tapped=False)
             return
         np.clip(held, engine.low, engine.high, out=held)
-        with self._writer(beside=False) as writer:
+        with self._writer(busy=0) as writer:
             for block in slabs_of(held, self.slab_values):
                 self._emit(writer, block)
 
@@ -196,12 +202,14 @@ class _Run:
             self._nonfinite(data, tapped=True)
             return
         engine = self._interpolating(check_finite=False)
-        with self._writer(beside=True) as writer:
+        with self._writer(busy=1) as writer:
             for block in slabs_of(data, self.slab_values):
                 for _, values in engine.feed(block):
                     stored = cast(values, self.dtype)
                     self._emit(writer, np.clip(stored, low, high, out=stored))
-            engine.finish()
+            for _, values in engine.finish():
+                stored = cast(values, self.dtype)
+                self._emit(writer, np.clip(stored, low, high, out=stored))
 
     def _nonfinite(self, data: np.ndarray, tapped: bool) -> None:
         """NaN or infinity in a float volume: fill it whole, stream the output, put the values back."""
@@ -211,14 +219,19 @@ class _Run:
         patch = NonFinitePatch(data, self.out_shape, self.options.align, in_place=True)
         low, high = patch.filled.min(), patch.filled.max()  # of the finite values (NaN if there are none)
         engine = self._interpolating(check_finite=False)
-        with self._writer(beside=True) as writer:
+        with self._writer(busy=1) as writer:
+
+            def emit(start: int, values: np.ndarray) -> None:
+                stored = cast(values, self.dtype)
+                np.clip(stored, low, high, out=stored)
+                patch.restore(stored, start)
+                self._emit(writer, stored)
+
             for block in slabs_of(patch.filled, self.slab_values):
                 for start, values in engine.feed(block):
-                    stored = cast(values, self.dtype)
-                    np.clip(stored, low, high, out=stored)
-                    patch.restore(stored, start)
-                    self._emit(writer, stored)
-            engine.finish()
+                    emit(start, values)
+            for start, values in engine.finish():
+                emit(start, values)
 
     # --- pieces -------------------------------------------------------------------------------------------
 
@@ -234,17 +247,15 @@ class _Run:
             check_finite=check_finite,
         )
 
-    def _read(self) -> contextlib.AbstractContextManager[Iterator[np.ndarray]]:
-        """Iterate over the input's slabs, read ahead by a second thread if the call has one."""
+    def _read(self, ahead: bool) -> contextlib.AbstractContextManager[Iterator[np.ndarray]]:
+        """Iterate over the input's slabs, read `ahead` by a second thread or in the calling thread."""
         rows = slab_rows(self.in_shape, self.slab_values)
-        if self.threads >= 2:
-            return _ReadAhead(self.source, rows)
-        return _read_here(self.source, rows)
+        return _read_ahead(self.source, rows) if ahead else _read_here(self.source, rows)
 
-    def _writer(self, beside: bool) -> _nifti.SlabWriter:
-        """Open the output's writer; compressing beside the engine (`beside`) leaves it one thread fewer."""
-        compress = self.threads - 1 if beside else self.threads
-        return _nifti.SlabWriter(self.target, self.header, threads=max(1, compress), wait=self.threads == 1)
+    def _writer(self, busy: int) -> _nifti.SlabWriter:
+        """Open the output's writer, compressing on the threads the `busy` others leave (at least one)."""
+        compress = max(1, self.threads - busy)
+        return _nifti.SlabWriter(self.target, self.header, threads=compress, wait=self.threads == 1)
 
     def _seen(self, block: np.ndarray) -> None:
         if self.taps is not None:
@@ -256,62 +267,62 @@ class _Run:
         writer.write(values)
 
 
-class _ReadAhead:
+@contextlib.contextmanager
+def _read_ahead(source: _nifti.Source, rows: int, buffers: int = 3) -> Iterator[Iterator[np.ndarray]]:
     """Iterate over the slabs of a file while a second thread decompresses the next ones.
 
     Three buffers go round: one is filled while the caller works on another; a buffer goes back to the
-    reader only when the caller asks for the next slab, so the caller may use a slab until then.
+    reader only when the caller asks for the next slab, so the caller may use a slab until then. The
+    reader stops as soon as the caller leaves the block, however it leaves (an error, an interrupt).
     """
+    nz, ny, nx = source.stored_shape
+    free: queue.Queue[np.ndarray | None] = queue.Queue()
+    for _ in range(buffers):
+        free.put(np.empty((min(rows, nz), ny, nx), dtype=source.dtype))
+    ready: queue.Queue[Any] = queue.Queue()
+    stopped = threading.Event()
+    done = object()
 
-    _DONE = object()
-
-    def __init__(self, source: _nifti.Source, rows: int, buffers: int = 3):
-        self.source, self.rows = source, rows
-        nz, ny, nx = source.stored_shape
-        self.free: queue.Queue[np.ndarray | None] = queue.Queue()
-        for _ in range(buffers):
-            self.free.put(np.empty((min(rows, nz), ny, nx), dtype=source.dtype))
-        self.ready: queue.Queue[Any] = queue.Queue()
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._fill, name="nidataset-read", daemon=True)
-
-    def __enter__(self) -> Iterator[np.ndarray]:
-        self.thread.start()
-        return self._blocks()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopped.set()
-        self.free.put(None)  # wakes the reader if it waits for a buffer
-        self.thread.join()
-
-    def _buffers(self) -> Iterator[np.ndarray]:
-        while (buffer := self.free.get()) is not None and not self.stopped.is_set():
+    def buffers_to_fill() -> Iterator[np.ndarray]:
+        while (buffer := free.get()) is not None and not stopped.is_set():
             yield buffer
         raise _Stopped
 
-    def _fill(self) -> None:
+    def fill() -> None:
         try:
-            for block in _nifti.read_slabs(self.source, self.rows, self._buffers()):
-                self.ready.put(block)
-            self.ready.put(self._DONE)
+            for block in _nifti.read_slabs(source, rows, buffers_to_fill()):
+                ready.put(block)
+            ready.put(done)
         except _Stopped:
             pass
         except BaseException as err:  # handed to the caller's thread, which raises it
-            self.ready.put(_Failure(err))
+            ready.put(_Failure(err))
 
-    def _blocks(self) -> Iterator[np.ndarray]:
-        while (block := self.ready.get()) is not self._DONE:
+    def blocks() -> Iterator[np.ndarray]:
+        while (block := ready.get()) is not done:
             if isinstance(block, _Failure):
                 raise block.error
             yield block
-            self.free.put(block.base if block.base is not None else block)
+            free.put(block.base if block.base is not None else block)
+
+    reader = threading.Thread(target=fill, name="nidataset-read", daemon=True)
+    try:
+        reader.start()
+        yield blocks()
+    finally:
+        stopped.set()
+        free.put(None)  # wakes the reader if it waits for a buffer
+        if reader.ident is not None:  # started, even if an interrupt came before start() returned
+            reader.join()
 
 
 class _Stopped(Exception):
-    """The caller no longer wants slabs."""
+    """The caller has left: the reader stops."""
 
 
 class _Failure:
+    """An exception raised in the reading thread, on its way to the caller's."""
+
     def __init__(self, error: BaseException):
         self.error = error
 

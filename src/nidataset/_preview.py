@@ -6,28 +6,16 @@ volumes streamed through the pipeline (or read a slab at a time for an output th
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
-from ._nifti import MidPlanes, atomic_file, prefix
+from ._nifti import MidPlanes, atomic_file
 
-__all__ = ["preview_name", "write_preview"]
+__all__ = ["write_preview"]
 
 #: (title, axis held at its middle, horizontal axis, vertical axis) of each plane shown.
 _PLANES = (("axial", 2, 0, 1), ("coronal", 1, 0, 2), ("sagittal", 0, 1, 2))
-
-
-def preview_name(path: str | os.PathLike[str]) -> str:
-    """Name of the preview of a volume: ``<PREFIX>_preview.png``.
-
-    Examples
-    --------
-    >>> preview_name("scans/scan_042.nii.gz")
-    'scan_042_preview.png'
-    """
-    return f"{prefix(path)}_preview.png"
 
 
 def write_preview(

@@ -173,13 +173,14 @@ def _preview(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
 
 
 def _resample_file(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
+    from ._nifti import SUFFIX, prefix
     from .preprocessing import InvalidVolumeError, resampling
 
-    if not args.input.endswith(".nii.gz"):
-        command.error(f"INPUT must be a folder or a '.nii.gz' file, got '{args.input}'")
+    if not args.input.endswith(SUFFIX):
+        command.error(f"INPUT must be a folder or a '{SUFFIX}' file, got '{args.input}'")
     folder = args.output
     if args.mode == "case":
-        folder = os.path.join(folder, os.path.basename(args.input)[: -len(".nii.gz")])
+        folder = os.path.join(folder, prefix(args.input))
     try:
         resampling(
             args.input, folder, args.size, args.debug, **_options(args), skip_existing=args.skip_existing
