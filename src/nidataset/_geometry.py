@@ -1,7 +1,7 @@
 """Voxel-to-world geometry of a resized grid: pure affine arithmetic.
 
 Resizing an axis of ``old`` voxels to ``new`` samples voxel ``i`` at input index ``i * s + t`` with
-``s = old / new`` (see :func:`nidataset._resize.sample_positions`): ``t = 0`` keeps the first voxel's
+``s = old / new`` (see :func:`nidataset._operators.sample_positions`): ``t = 0`` keeps the first voxel's
 centre (``align="origin"``), ``t = (s - 1) / 2`` keeps the outer edges of the first and last voxels
 (``align="center"``). In world coordinates the new voxel-to-world affine is ``affine @ [[diag(s), t],
 [0, 1]]``: the axis directions are kept exactly, also for oblique and sheared affines, each column (voxel

@@ -199,7 +199,7 @@ def _resample_folder(args: argparse.Namespace, command: argparse.ArgumentParser)
         try:
             import distributed
         except ImportError:
-            command.error("--scheduler needs Dask: pip install 'nidataset[dask]'")
+            command.error("--scheduler needs Dask: pip install distributed")
         try:
             client = distributed.Client(args.scheduler, timeout="20s")
         except (OSError, TimeoutError, ValueError) as err:  # unreachable, or not an address
