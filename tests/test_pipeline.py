@@ -63,16 +63,25 @@ def test_non_finite_volumes_stream_their_output(tmp_path, rng, size):
     assert np.isnan(stored(out)).any() and np.isneginf(stored(out)).any()
 
 
-@pytest.mark.parametrize("interpolation", ["bspline", "nearest", "label"])
-def test_same_bytes_on_any_number_of_threads_and_from_any_thread(volume, tmp_path, interpolation):
+@pytest.mark.parametrize(
+    ("interpolation", "size"),
+    [
+        ("bspline", (41, 25, 9)),  # output held
+        ("bspline", (45, 70, 40)),  # input held: growing axes computed on the call's threads, in order
+        ("linear", (45, 70, 40)),
+        ("nearest", (41, 25, 9)),
+        ("label", (45, 70, 40)),
+    ],
+)
+def test_same_bytes_on_any_number_of_threads_and_from_any_thread(volume, tmp_path, interpolation, size):
     src, _ = volume
     outputs = []
     for threads in (1, 2, 3):
         folder = tmp_path / f"t{threads}"
-        outputs.append(resampling(src, folder, (41, 25, 9), interpolation=interpolation, threads=threads))
+        outputs.append(resampling(src, folder, size, interpolation=interpolation, threads=threads))
     with ThreadPoolExecutor(2) as pool:  # worker threads, the default thread count there
         outputs += pool.map(
-            lambda k: resampling(src, tmp_path / f"pool{k}", (41, 25, 9), interpolation=interpolation),
+            lambda k: resampling(src, tmp_path / f"pool{k}", size, interpolation=interpolation),
             range(4),
         )
     assert len({digest(path) for path in outputs}) == 1

@@ -15,7 +15,7 @@ type. :func:`resize` runs the engine over an array in memory.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -34,6 +34,7 @@ from ._operators import (
 
 __all__ = [
     "SLAB_VALUES",
+    "TINY",
     "Engine",
     "InterpolatingEngine",
     "NearestEngine",
@@ -52,6 +53,8 @@ __all__ = [
 
 #: Values per slab: input slabs hold about this many values of whole rows, output slabs too.
 SLAB_VALUES = 1 << 21
+#: Magnitude below which `flush_tiny` drops values between passes.
+TINY = 2.0**-50
 
 
 class Slab(NamedTuple):
@@ -96,10 +99,11 @@ def computation_type(dtype: npt.DTypeLike) -> np.dtype:
     return np.dtype(np.float32) if ftype.itemsize < 4 else ftype
 
 
-def cast(values: np.ndarray, dtype: npt.DTypeLike) -> np.ndarray:
+def cast(values: np.ndarray, dtype: npt.DTypeLike, out: np.ndarray | None = None) -> np.ndarray:
     """Convert interpolated `values` to `dtype`, rounding to nearest (not truncating) for integer types.
 
-    Values beyond an integer type's range saturate at its limits. `values` may be overwritten.
+    Values beyond an integer type's range saturate at its limits. `values` may be overwritten. With
+    `out` (of `dtype` and `values`' shape) the result is written there.
 
     Examples
     --------
@@ -109,12 +113,20 @@ def cast(values: np.ndarray, dtype: npt.DTypeLike) -> np.ndarray:
     array([ 9223372036854775807, -9223372036854775808])
     """
     dtype = np.dtype(dtype)
-    if dtype.kind not in "iu" or values.dtype.kind != "f":
-        return values.astype(dtype, copy=False)
-    np.rint(values, out=values)
-    info = np.iinfo(dtype)
-    np.clip(values, info.min, info.max, out=values)
-    if float(info.max) == info.max:  # the float holds every limit exactly: up to 32-bit integers
+    if dtype.kind in "iu" and values.dtype.kind == "f":
+        np.rint(values, out=values)
+        info = np.iinfo(dtype)
+        np.clip(values, info.min, info.max, out=values)
+        exact = float(info.max) == info.max  # the float holds every limit exactly: up to 32-bit integers
+    else:
+        exact = True
+    if out is not None:
+        if exact:
+            np.copyto(out, values, casting="unsafe")  # integral values: the conversion is exact
+        else:
+            out[...] = cast(values, dtype)
+        return out
+    if exact:
         return values.astype(dtype, copy=False)
     # 64-bit limits round up to 2**63 or 2**64 in float64, which no such integer holds: saturate them.
     over = values >= float(info.max)
@@ -169,6 +181,15 @@ class InterpolatingEngine:
         About how many values each output slab holds.
     check_finite : bool
         Raise :class:`NonFiniteError` on a float slab holding NaN or infinity.
+    flush_tiny : bool
+        Set values smaller than :data:`TINY` (the spline's far tails on a background of zeros, which
+        three passes bring down to 1e-38) to 0 before each pass reads them: products of such values
+        underflow, and the processor takes many times longer over them. For results rounded to integers:
+        what is dropped is 2**25 times smaller than any difference float32 can make at 0.5.
+    reuse : bool
+        Compute into the same buffers again and again: each output slab (or piece) is then valid only
+        until the next is asked for. Fresh arrays cost a page fault per 4 kB, and more where the
+        allocator hands memory back to the system at once (as Dask's workers have it do).
 
     Attributes
     ----------
@@ -187,6 +208,8 @@ class InterpolatingEngine:
         antialias: bool = False,
         slab_values: int = SLAB_VALUES,
         check_finite: bool = True,
+        reuse: bool = False,
+        flush_tiny: bool = False,
     ):
         self.in_shape = tuple(int(n) for n in in_shape)
         self.shape = check_shapes(self.in_shape, shape, dtype)
@@ -212,8 +235,10 @@ class InterpolatingEngine:
         for axis in self.before:
             plane[axis - 1] = self.shape[axis]
         self.plane = tuple(plane)  # the first axis's rows as its matrix takes them
+        self.scratch = _Scratch(self.ftype) if reuse else None
+        self.tiny = TINY if flush_tiny else 0.0
         first = self.operators[0]
-        self.window = _Window(first, math.prod(plane), self.ftype) if first is not None else None
+        self.window = _Window(first, math.prod(plane), self.ftype, self._array) if first is not None else None
         self.slab_values = slab_values
         self.check_finite = check_finite and self.dtype.kind == "f"
         self.low: np.generic | None = None
@@ -222,6 +247,16 @@ class InterpolatingEngine:
 
     def feed(self, block: np.ndarray) -> Iterator[Slab]:
         """Take the next rows of the input; iterate over the output slabs they complete, in order."""
+        return map(self.complete, self.pieces(block))
+
+    def pieces(self, block: np.ndarray) -> Iterator[Slab]:
+        """Like :meth:`feed`, but the output slabs' growing in-plane axes are left for :meth:`complete`.
+
+        The block is checked, and its shrinking in-plane axes resized, at once; each piece (output rows,
+        the first axis resized) is computed as it is asked for. Pieces are independent of each other:
+        :meth:`complete` may run on them in any order and in any thread, and gives the slabs :meth:`feed`
+        would, bit for bit.
+        """
         if block.shape[1:] != self.in_shape[1:] or self.fed + len(block) > self.in_shape[0]:
             raise ValueError(f"a slab of shape {block.shape} does not continue an array of {self.in_shape}")
         if len(block) == 0:
@@ -233,10 +268,39 @@ class InterpolatingEngine:
         self.high = high if self.high is None else max(self.high, high)
         start = self.fed
         self.fed += len(block)
-        x = np.ascontiguousarray(block, dtype=self.ftype)  # no copy if it already is
-        for axis in self.before:
-            x = apply_axis(x, axis, self.operators[axis])
-        return self._outputs(start, x)
+        if block.dtype == self.ftype and block.flags.c_contiguous:
+            x = block
+        else:
+            x = self._array("in", block.shape)
+            np.copyto(x, block, casting="unsafe")
+        for turn, axis in enumerate(self.before):
+            x = apply_axis(
+                x, axis, self.operators[axis], self._array(f"before{turn % 2}", _moved(x, axis, self))
+            )
+            self._flush(x)
+        return self._pieces(start, x)
+
+    def complete(self, piece: Slab) -> Slab:
+        """Resize the growing in-plane axes of a piece from :meth:`pieces` (it reads nothing else)."""
+        y = piece.values
+        for turn, axis in enumerate(self.after):
+            if turn:
+                self._flush(y)
+            y = apply_axis(
+                y, axis, self.operators[axis], self._array(f"after{turn % 2}", _moved(y, axis, self))
+            )
+        return Slab(piece.start, y)
+
+    def _flush(self, x: np.ndarray) -> None:
+        """With `flush_tiny`, set the values of `x` smaller than :data:`TINY` to 0 (`x` is the engine's)."""
+        if self.tiny:
+            np.copyto(x, 0, where=(x < self.tiny) & (x > -self.tiny))
+
+    def _array(self, name: str, shape: Sequence[int]) -> np.ndarray:
+        """Return a new array of the computation type, or with `reuse` the buffer kept under `name`."""
+        if self.scratch is None:
+            return np.empty(shape, dtype=self.ftype)
+        return self.scratch.get(name, shape)
 
     def finish(self) -> Iterator[Slab]:
         """Check that the whole input was fed (every output slab has come out by then)."""
@@ -244,24 +308,23 @@ class InterpolatingEngine:
             raise ValueError(f"slabs ended at row {self.fed} of {self.in_shape[0]}")
         return iter(())
 
-    def _outputs(self, start: int, x: np.ndarray) -> Iterator[Slab]:
+    def _pieces(self, start: int, x: np.ndarray) -> Iterator[Slab]:
+        """Output rows with the first axis resized, in slabs of about `slab_values` output values."""
         if self.window is None:
-            yield from self._finish_rows(start, x)
+            yield from self._split(start, x)
             return
-        for lo, rows in self.window.add(x.reshape(len(x), -1)):
-            yield from self._finish_rows(lo, rows.reshape(len(rows), *self.plane))
+        for lo, out in self.window.add(x.reshape(len(x), -1)):
+            if self.after:
+                self._flush(out)
+            yield from self._split(lo, out.reshape(len(out), *self.plane))
 
-    def _finish_rows(self, start: int, rows: np.ndarray) -> Iterator[Slab]:
-        """Resize the rows' remaining (growing) axes, a slab of output values at a time."""
+    def _split(self, start: int, rows: np.ndarray) -> Iterator[Slab]:
         if not self.after:
             yield Slab(start, rows)
             return
         step = slab_rows(self.shape, self.slab_values)
         for lo in range(0, len(rows), step):
-            y = rows[lo : lo + step]
-            for axis in self.after:
-                y = apply_axis(y, axis, self.operators[axis])
-            yield Slab(start + lo, y)
+            yield Slab(start + lo, rows[lo : lo + step])
 
 
 class NearestEngine:
@@ -455,6 +518,27 @@ def gather(
 # --- The first axis's window, and resizing one axis of a slab --------------------------------------------
 
 
+class _Scratch:
+    """Buffers of one type kept by name, each grown as needed and handed out as views of its start."""
+
+    def __init__(self, dtype: np.dtype):
+        self.dtype = dtype
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: Sequence[int]) -> np.ndarray:
+        size = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.size < size:
+            buffer = self.buffers[name] = np.empty(size, dtype=self.dtype)
+        return buffer[:size].reshape(shape)
+
+
+def _moved(x: np.ndarray, axis: int, engine: InterpolatingEngine) -> tuple[int, ...]:
+    """Shape of `x` once `axis` is resized by `engine`."""
+    op = engine.operators[axis]
+    return tuple(op.new if a == axis and op is not None else n for a, n in enumerate(x.shape))
+
+
 class _Window:
     """Input rows along the first axis, held until every tile of its matrix that reads them is computed.
 
@@ -463,8 +547,11 @@ class _Window:
     that the rows still needed are moved down only once per that many rows.
     """
 
-    def __init__(self, op: AxisOperator, width: int, ftype: np.dtype):
+    def __init__(
+        self, op: AxisOperator, width: int, ftype: np.dtype, array: Callable[[str, Sequence[int]], np.ndarray]
+    ):
         self.op = op
+        self.array = array  # where tiles are computed
         self.tiles = op.tiles
         # Rows every tile from t on still needs: the smallest first row of tiles t, t + 1, ...
         self.keep = np.minimum.accumulate([tile.first for tile in op.tiles][::-1])[::-1]
@@ -492,7 +579,7 @@ class _Window:
             end = self.first + self.held
             while self.next < len(self.tiles) and self.tiles[self.next].stop <= end:
                 tile = self.tiles[self.next]
-                out = np.empty((tile.hi - tile.lo, self.buffer.shape[1]), dtype=self.buffer.dtype)
+                out = self.array("tile", (tile.hi - tile.lo, self.buffer.shape[1]))
                 np.matmul(tile.block, self.buffer[tile.first - self.first : tile.stop - self.first], out=out)
                 self.next += 1
                 yield tile.lo, out
@@ -539,13 +626,17 @@ def plan_axes(
     return before, [a for a in moving if a not in before]
 
 
-def apply_axis(x: np.ndarray, axis: int, op: AxisOperator | None) -> np.ndarray:
-    """Resample C-contiguous `x` along `axis` with `op`; a new C-contiguous array of `x`'s type."""
+def apply_axis(
+    x: np.ndarray, axis: int, op: AxisOperator | None, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Resample C-contiguous `x` along `axis` with `op`, into `out` (C-contiguous) or a new array."""
     if op is None:
         return x
     outer = math.prod(x.shape[:axis])
     inner = math.prod(x.shape[axis + 1 :])
-    out = np.empty((outer, op.new, inner), dtype=x.dtype)
+    if out is None:
+        out = np.empty((*x.shape[:axis], op.new, *x.shape[axis + 1 :]), dtype=x.dtype)
+    out = out.reshape(outer, op.new, inner)
     if inner == 1:  # the axis is the last one: rows of samples times the transposed matrix
         lines, result = x.reshape(outer, op.old), out.reshape(outer, op.new)
         for tile in op.tiles:

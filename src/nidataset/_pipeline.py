@@ -20,12 +20,14 @@ BLAS runs on one thread during a call (see :mod:`nidataset._blas`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,7 @@ from ._engine import (
     InterpolatingEngine,
     NearestEngine,
     NonFiniteError,
+    Slab,
     cast,
     slab_rows,
     slabs_of,
@@ -170,16 +173,16 @@ class _Run:
 
     def _hold_output(self) -> None:
         """Stream the input, hold the (smaller) output in its stored type, clip it at the end."""
-        engine = self._interpolating(check_finite=self.dtype.kind == "f")
+        engine = self._interpolating(check_finite=self.dtype.kind == "f", reuse=True)
         held = np.empty(self.out_shape, dtype=self.dtype)
         try:
             with self._read(ahead=self.threads >= 2) as blocks:
                 for block in blocks:
                     self._seen(block)
                     for start, values in engine.feed(block):
-                        held[start : start + len(values)] = cast(values, self.dtype)
+                        cast(values, self.dtype, out=held[start : start + len(values)])
                 for start, values in engine.finish():
-                    held[start : start + len(values)] = cast(values, self.dtype)
+                    cast(values, self.dtype, out=held[start : start + len(values)])
         except NonFiniteError:
             logger.debug("'%s' holds NaN or infinite values: reading it whole", self.source.path)
             del held
@@ -201,15 +204,15 @@ class _Run:
         if self.dtype.kind == "f" and not (np.isfinite(low) and np.isfinite(high)):
             self._nonfinite(data, tapped=True)
             return
-        engine = self._interpolating(check_finite=False)
-        with self._writer(busy=1) as writer:
-            for block in slabs_of(data, self.slab_values):
-                for _, values in engine.feed(block):
-                    stored = cast(values, self.dtype)
-                    self._emit(writer, np.clip(stored, low, high, out=stored))
-            for _, values in engine.finish():
-                stored = cast(values, self.dtype)
-                self._emit(writer, np.clip(stored, low, high, out=stored))
+        engine = self._interpolating(check_finite=False, reuse=self.threads < 2)
+
+        def stored(piece: Slab) -> np.ndarray:
+            values = cast(engine.complete(piece).values, self.dtype)
+            return np.clip(values, low, high, out=values)
+
+        with self._writer(busy=self.threads) as writer:
+            for values in self._in_order(stored, engine, slabs_of(data, self.slab_values)):
+                self._emit(writer, values)
 
     def _nonfinite(self, data: np.ndarray, tapped: bool) -> None:
         """NaN or infinity in a float volume: fill it whole, stream the output, put the values back."""
@@ -218,24 +221,55 @@ class _Run:
                 self._seen(block)
         patch = NonFinitePatch(data, self.out_shape, self.options.align, in_place=True)
         low, high = patch.filled.min(), patch.filled.max()  # of the finite values (NaN if there are none)
-        engine = self._interpolating(check_finite=False)
-        with self._writer(busy=1) as writer:
+        engine = self._interpolating(check_finite=False, reuse=self.threads < 2)
 
-            def emit(start: int, values: np.ndarray) -> None:
-                stored = cast(values, self.dtype)
-                np.clip(stored, low, high, out=stored)
-                patch.restore(stored, start)
-                self._emit(writer, stored)
+        def stored(piece: Slab) -> np.ndarray:
+            values = cast(engine.complete(piece).values, self.dtype)
+            np.clip(values, low, high, out=values)
+            patch.restore(values, piece.start)
+            return values
 
-            for block in slabs_of(patch.filled, self.slab_values):
-                for start, values in engine.feed(block):
-                    emit(start, values)
-            for start, values in engine.finish():
-                emit(start, values)
+        with self._writer(busy=self.threads) as writer:
+            for values in self._in_order(stored, engine, slabs_of(patch.filled, self.slab_values)):
+                self._emit(writer, values)
 
     # --- pieces -------------------------------------------------------------------------------------------
 
-    def _interpolating(self, check_finite: bool) -> InterpolatingEngine:
+    def _in_order(
+        self, stored: Callable[[Slab], np.ndarray], engine: InterpolatingEngine, blocks: Iterator[np.ndarray]
+    ) -> Iterator[np.ndarray]:
+        """Feed `blocks` to `engine`; `stored` values of its output slabs, in order, on the call's threads.
+
+        The engine's pieces come in this thread; their growing axes, cast and clip (`stored`) run on a
+        pool of ``threads - 1`` threads and in this one, whichever has room, a few pieces in flight.
+        """
+
+        def every_piece() -> Iterator[Slab]:
+            for block in blocks:
+                yield from engine.pieces(block)
+            yield from engine.finish()  # only once every block is in
+
+        pieces = every_piece()
+        if self.threads < 2 or not engine.after:
+            yield from map(stored, pieces)
+            return
+        helpers = self.threads - 1
+        pending: collections.deque[Future[np.ndarray]] = collections.deque()
+        with ThreadPoolExecutor(helpers, thread_name_prefix="nidataset-compute") as pool:
+            for piece in pieces:
+                if sum(not future.done() for future in pending) < helpers:
+                    pending.append(pool.submit(stored, piece))
+                else:  # the pool is busy: this thread takes the piece
+                    done: Future[np.ndarray] = Future()
+                    done.set_result(stored(piece))
+                    pending.append(done)
+                while pending and (pending[0].done() or len(pending) > 2 * self.threads):
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+    def _interpolating(self, check_finite: bool, reuse: bool = False) -> InterpolatingEngine:
+        """Make the B-spline or linear engine; `reuse` where its slabs are used one at a time."""
         return InterpolatingEngine(
             self.in_shape,
             self.out_shape,
@@ -245,6 +279,8 @@ class _Run:
             antialias=self.options.antialias,
             slab_values=self.slab_values,
             check_finite=check_finite,
+            reuse=reuse,
+            flush_tiny=self.dtype.kind in "iu",  # values below 2**-50 cannot change one rounded to an integer
         )
 
     def _read(self, ahead: bool) -> contextlib.AbstractContextManager[Iterator[np.ndarray]]:
