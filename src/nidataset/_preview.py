@@ -6,8 +6,6 @@ volumes streamed through the pipeline (or read a slab at a time for an output th
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from ._nifti import MidPlanes, atomic_file
@@ -45,14 +43,15 @@ def write_preview(
     shown = np.concatenate([plane[np.isfinite(plane)].ravel() for plane in rows[0][3].values()])
     low, high = np.percentile(shown, [0.5, 99.5]) if shown.size else (0.0, 1.0)
 
-    figure = Figure(figsize=(12, 8.5), dpi=100, layout="constrained")
-    bands: Any = figure.subfigures(2, 1)
-    for band, (role, name, volume, planes) in zip(bands, rows, strict=True):
+    figure = Figure(figsize=(12, 8.5), dpi=100)  # fixed margins: a layout solver costs more than the drawing
+    grid = figure.add_gridspec(2, 3, left=0.05, right=0.98, bottom=0.06, top=0.92, hspace=0.38, wspace=0.2)
+    for row, (role, name, volume, planes) in enumerate(rows):
         size = " x ".join(map(str, volume.shape))
         spacing = " x ".join(f"{z:.3g}" for z in volume.zooms)
         title = f"{role}{': ' + name if name else ''}: {size} voxels, {spacing} mm"
-        band.suptitle(title, fontsize=12, weight="bold")
-        for ax, (plane_title, held, across, up) in zip(band.subplots(1, 3), _PLANES, strict=True):
+        figure.text(0.5, 0.975 - row * 0.475, title, ha="center", va="top", fontsize=12, weight="bold")
+        for column, (plane_title, held, across, up) in enumerate(_PLANES):
+            ax = figure.add_subplot(grid[row, column])
             shape, zooms = volume.shape, volume.zooms
             extent = (0.0, shape[across] * zooms[across], 0.0, shape[up] * zooms[up])
             ax.imshow(
@@ -64,8 +63,9 @@ def write_preview(
                 extent=extent,
                 interpolation="nearest",
             )
-            ax.set_title(plane_title, fontsize=10)
+            ax.set_title(plane_title, fontsize=10, y=1.01)  # placed: no search for room above the ticks
             ax.set_xlabel("mm")
+            ax.locator_params(nbins=4)  # few ticks: laying out tick labels is most of the drawing
     with atomic_file(picture) as out:
         FigureCanvasAgg(figure).print_png(out)
     return picture
