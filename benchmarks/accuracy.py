@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from helpers import sitk_resample, smooth_volume, write_nifti
+from helpers import DTYPE_RANGES, sitk_resample, smooth_volume, write_nifti
 from nidataset import resampling
 from nidataset._engine import resize
 from nidataset._phantom import ct_phantom
@@ -32,14 +32,7 @@ CASES = {
     "tiny": ((3, 3, 3), (1, 2, 3)),
     "CT-like": ((160, 160, 80), (96, 96, 48)),
 }
-RANGES = {
-    "uint8": (0, 255),
-    "int16": (-1024, 3071),
-    "uint16": (0, 4095),
-    "int32": (-100_000, 2_000_000),
-    "float32": (-1.5, 2.5),
-    "float64": (-3e3, 1e4),
-}
+RANGES = DTYPE_RANGES
 
 
 def part1(folder, cases):

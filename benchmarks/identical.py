@@ -40,19 +40,14 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from _common import default_baseline, environment, thread_kwargs
 from _data import mni
+from helpers import DTYPE_RANGES
 
 INTERPOLATIONS = ("bspline", "linear", "nearest", "label")
 ALIGNS = ("origin", "center")
-RANGES = {
-    "uint8": (0, 255),
-    "int16": (-1024, 3071),
-    "uint16": (0, 4095),
-    "int32": (-100_000, 2_000_000),
-    "float32": (-1.5, 2.5),
-    "float64": (-3e3, 1e4),
-}
+RANGES = DTYPE_RANGES
 #: (input shape, output size) per case of every data type.
 SIZES = {
     "down": ((20, 18, 14), (9, 11, 6)),

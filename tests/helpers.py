@@ -102,3 +102,14 @@ def mirror_spline(values, shape):
         *[np.arange(n) * o / n for o, n in zip(values.shape, shape, strict=True)], indexing="ij"
     )
     return ndimage.map_coordinates(values, coords, order=3, mode="mirror")
+
+
+#: Value ranges of synthetic volumes per stored type (CT-like for int16), for accuracy and identity runs.
+DTYPE_RANGES = {
+    "uint8": (0, 255),
+    "int16": (-1024, 3071),
+    "uint16": (0, 4095),
+    "int32": (-100_000, 2_000_000),
+    "float32": (-1.5, 2.5),
+    "float64": (-3e3, 1e4),
+}

@@ -4,11 +4,8 @@ import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-import pytest
 from threadpoolctl import threadpool_info
 
-from helpers import write_nifti
 from nidataset import _blas, _nifti
 from nidataset.preprocessing import resampling
 
@@ -18,19 +15,13 @@ def digest(path):
         return hashlib.sha256(file.read()).hexdigest()
 
 
-@pytest.fixture
-def volume(tmp_path, rng):
-    data = np.asfortranarray(rng.integers(-1000, 3000, (20, 30, 17)).astype(np.int16))
-    return write_nifti(tmp_path / "v.nii.gz", data)
-
-
 def blas_threads():
 
     return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
 
 
 def test_blas_on_one_thread_during_a_call_then_as_before(volume, tmp_path, monkeypatch):
-    src = volume
+    src, _ = volume
     before = blas_threads()
     during = []
     real = _nifti.SlabWriter.write
@@ -47,7 +38,7 @@ def test_blas_on_one_thread_during_a_call_then_as_before(volume, tmp_path, monke
 
 def test_concurrent_calls_from_other_threads_leave_blas_as_it_was(volume, tmp_path):
     # Calls overlap in time: the first in sets the limit, the last out restores it.
-    src = volume
+    src, _ = volume
     before = blas_threads()
     barrier = threading.Barrier(4)
 

@@ -31,12 +31,6 @@ def digest(path):
         return hashlib.sha256(file.read()).hexdigest()
 
 
-@pytest.fixture
-def volume(tmp_path, rng):
-    data = np.asfortranarray(rng.integers(-1000, 3000, (20, 30, 17)).astype(np.int16))
-    return write_nifti(tmp_path / "v.nii.gz", data), data
-
-
 @pytest.mark.parametrize("interpolation", ["bspline", "linear", "nearest"])
 @pytest.mark.parametrize(
     "size",
