@@ -275,7 +275,7 @@ class InterpolatingEngine:
             np.copyto(x, block, casting="unsafe")
         for turn, axis in enumerate(self.before):
             x = apply_axis(
-                x, axis, self.operators[axis], self._array(f"before{turn % 2}", _moved(x, axis, self))
+                x, axis, self.operators[axis], self._array(f"before{turn % 2}", self._resized(x, axis))
             )
             self._flush(x)
         return self._pieces(start, x)
@@ -287,7 +287,7 @@ class InterpolatingEngine:
             if turn:
                 self._flush(y)
             y = apply_axis(
-                y, axis, self.operators[axis], self._array(f"after{turn % 2}", _moved(y, axis, self))
+                y, axis, self.operators[axis], self._array(f"after{turn % 2}", self._resized(y, axis))
             )
         return Slab(piece.start, y)
 
@@ -295,6 +295,11 @@ class InterpolatingEngine:
         """With `flush_tiny`, set the values of `x` smaller than :data:`TINY` to 0 (`x` is the engine's)."""
         if self.tiny:
             np.copyto(x, 0, where=(x < self.tiny) & (x > -self.tiny))
+
+    def _resized(self, x: np.ndarray, axis: int) -> tuple[int, ...]:
+        """Shape of `x` once `axis` is resized."""
+        op = self.operators[axis]
+        return tuple(op.new if a == axis and op is not None else n for a, n in enumerate(x.shape))
 
     def _array(self, name: str, shape: Sequence[int]) -> np.ndarray:
         """Return a new array of the computation type, or with `reuse` the buffer kept under `name`."""
@@ -531,12 +536,6 @@ class _Scratch:
         if buffer is None or buffer.size < size:
             buffer = self.buffers[name] = np.empty(size, dtype=self.dtype)
         return buffer[:size].reshape(shape)
-
-
-def _moved(x: np.ndarray, axis: int, engine: InterpolatingEngine) -> tuple[int, ...]:
-    """Shape of `x` once `axis` is resized by `engine`."""
-    op = engine.operators[axis]
-    return tuple(op.new if a == axis and op is not None else n for a, n in enumerate(x.shape))
 
 
 class _Window:

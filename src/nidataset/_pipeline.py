@@ -204,15 +204,7 @@ class _Run:
         if self.dtype.kind == "f" and not (np.isfinite(low) and np.isfinite(high)):
             self._nonfinite(data, tapped=True)
             return
-        engine = self._interpolating(check_finite=False, reuse=self.threads < 2)
-
-        def stored(piece: Slab) -> np.ndarray:
-            values = cast(engine.complete(piece).values, self.dtype)
-            return np.clip(values, low, high, out=values)
-
-        with self._writer(busy=self.threads) as writer:
-            for values in self._in_order(stored, engine, slabs_of(data, self.slab_values)):
-                self._emit(writer, values)
+        self._stream_out(data, low, high)
 
     def _nonfinite(self, data: np.ndarray, tapped: bool) -> None:
         """NaN or infinity in a float volume: fill it whole, stream the output, put the values back."""
@@ -221,16 +213,21 @@ class _Run:
                 self._seen(block)
         patch = NonFinitePatch(data, self.out_shape, self.options.align, in_place=True)
         low, high = patch.filled.min(), patch.filled.max()  # of the finite values (NaN if there are none)
+        self._stream_out(patch.filled, low, high, patch)
+
+    def _stream_out(self, data: np.ndarray, low: Any, high: Any, patch: NonFinitePatch | None = None) -> None:
+        """Resample `data`, held whole, clip to ``[low, high]`` (`patch` puts NaN back); stream it out."""
         engine = self._interpolating(check_finite=False, reuse=self.threads < 2)
 
         def stored(piece: Slab) -> np.ndarray:
             values = cast(engine.complete(piece).values, self.dtype)
             np.clip(values, low, high, out=values)
-            patch.restore(values, piece.start)
+            if patch is not None:
+                patch.restore(values, piece.start)
             return values
 
         with self._writer(busy=self.threads) as writer:
-            for values in self._in_order(stored, engine, slabs_of(patch.filled, self.slab_values)):
+            for values in self._in_order(stored, engine, slabs_of(data, self.slab_values)):
                 self._emit(writer, values)
 
     # --- pieces -------------------------------------------------------------------------------------------
