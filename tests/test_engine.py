@@ -430,3 +430,31 @@ def test_flushing_tiny_values_leaves_integer_results_alone(dtype, new):
             small = np.abs(values[values != 0]).min()
     np.testing.assert_array_equal(results[0], results[1])
     assert small < _engine.TINY  # the tails do reach below what is dropped
+
+
+def test_reused_buffers_leave_nothing_to_allocate_after_the_first_slabs():
+    # With `reuse`, once output slabs flow every slab is computed in the buffers the first ones made, the
+    # masks of `flush_tiny` included: fresh arrays cost page faults, and more where memory goes back to the
+    # system as soon as it is freed (Dask's workers). Only small bookkeeping may be allocated.
+    import tracemalloc
+
+    from nidataset._phantom import ct_phantom
+
+    data, _ = ct_phantom((256, 256, 160), seed=1)
+    x = np.ascontiguousarray(data.T)  # (160, 256, 256) int16, fed 8 rows of 256 x 256 at a time
+    engine = InterpolatingEngine(x.shape, (60, 128, 96), x.dtype, reuse=True, flush_tiny=True)
+    blocks = slabs_of(x, 8 * 256 * 256)
+    out = 0
+    while out < 20:  # until the window is full and the growing axis has had its buffers
+        out += sum(len(slab.values) for slab in engine.feed(next(blocks)))
+    tracemalloc.start()
+    try:
+        for block in blocks:
+            for slab in engine.feed(block):
+                assert slab.values.shape[1:] == (128, 96)
+                out += len(slab.values)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out == 60
+    assert peak < 64 << 10, peak  # the masks of one slab alone would be 512 KiB

@@ -294,18 +294,21 @@ class InterpolatingEngine:
     def _flush(self, x: np.ndarray) -> None:
         """With `flush_tiny`, set the values of `x` smaller than :data:`TINY` to 0 (`x` is the engine's)."""
         if self.tiny:
-            np.copyto(x, 0, where=(x < self.tiny) & (x > -self.tiny))
+            small, above = self._array("small", x.shape, bool), self._array("above", x.shape, bool)
+            np.less(x, self.tiny, out=small)
+            np.logical_and(small, np.greater(x, -self.tiny, out=above), out=small)
+            np.copyto(x, 0, where=small)
 
     def _resized(self, x: np.ndarray, axis: int) -> tuple[int, ...]:
         """Shape of `x` once `axis` is resized."""
         op = self.operators[axis]
         return tuple(op.new if a == axis and op is not None else n for a, n in enumerate(x.shape))
 
-    def _array(self, name: str, shape: Sequence[int]) -> np.ndarray:
-        """Return a new array of the computation type, or with `reuse` the buffer kept under `name`."""
+    def _array(self, name: str, shape: Sequence[int], dtype: npt.DTypeLike | None = None) -> np.ndarray:
+        """Return a new array (by default of the computation type), or with `reuse` the one kept as `name`."""
         if self.scratch is None:
-            return np.empty(shape, dtype=self.ftype)
-        return self.scratch.get(name, shape)
+            return np.empty(shape, dtype=self.ftype if dtype is None else dtype)
+        return self.scratch.get(name, shape, dtype)
 
     def finish(self) -> Iterator[Slab]:
         """Check that the whole input was fed (every output slab has come out by then)."""
@@ -524,17 +527,18 @@ def gather(
 
 
 class _Scratch:
-    """Buffers of one type kept by name, each grown as needed and handed out as views of its start."""
+    """Buffers kept by name, each grown as needed and handed out as views of its start."""
 
     def __init__(self, dtype: np.dtype):
-        self.dtype = dtype
+        self.dtype = dtype  # unless asked for another
         self.buffers: dict[str, np.ndarray] = {}
 
-    def get(self, name: str, shape: Sequence[int]) -> np.ndarray:
+    def get(self, name: str, shape: Sequence[int], dtype: npt.DTypeLike | None = None) -> np.ndarray:
         size = math.prod(shape)
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
         buffer = self.buffers.get(name)
-        if buffer is None or buffer.size < size:
-            buffer = self.buffers[name] = np.empty(size, dtype=self.dtype)
+        if buffer is None or buffer.size < size or buffer.dtype != dtype:
+            buffer = self.buffers[name] = np.empty(size, dtype=dtype)
         return buffer[:size].reshape(shape)
 
 

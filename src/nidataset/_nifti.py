@@ -58,8 +58,9 @@ COMPRESS_LEVEL = 1
 _BLOCK = 1 << 20
 #: Deflate cannot expand data more than 1032-fold, so a file's size bounds what it can hold.
 _MAX_DEFLATE_RATIO = 1033
-#: Bytes decompressed at a time.
-_CHUNK = 1 << 23
+#: Bytes decompressed at a time: gzip's readinto decompresses into a new bytes object and copies it,
+#: so the chunk stays below glibc's 128 KiB mmap threshold (larger ones are mapped and faulted afresh).
+_CHUNK = 1 << 16
 #: This machine's name, in the names of temporary files (see :func:`atomic_file`).
 _HOST = socket.gethostname()
 
