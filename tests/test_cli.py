@@ -87,7 +87,9 @@ def test_output_that_cannot_be_created_exit_1(scans, tmp_path, capsys):
     target = tmp_path / "blocker" / "out"
     assert main(["resample", str(scans), str(target), "--size", "4", "4", "4"]) == 1
     err = capsys.readouterr().err
-    assert f"cannot create the output folder '{target}/a'" in err
+    # Refused once, before any input is read: not one failure per file.
+    expected = f"cannot write in the output folder '{target}': '{target.parent}' is not a folder"
+    assert err == f"nidataset: failed: {expected}\n"
 
 
 @pytest.mark.parametrize(
@@ -277,3 +279,89 @@ class TestKill:
             )
         for name in self.listing(out):
             assert (out / name).read_bytes() == (clean / name).read_bytes()
+
+
+class TestInterrupt:
+    """Ctrl-C (SIGINT to the command's process group, as a terminal sends it) while an output is written."""
+
+    @pytest.mark.parametrize("workers", ["1", "2"])
+    def test_ctrl_c_exits_130_with_one_line_and_leaves_nothing_partial(self, kill_dataset, tmp_path, workers):
+        import signal
+
+        scans, clean = kill_dataset
+        out = tmp_path / "out"
+        command = [sys.executable, "-m", "nidataset", "resample", str(scans), str(out)]
+        command += ["--size", "208", "208", "96", "--mode", "folder", "--workers", workers]
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        deadline = time.monotonic() + 120
+        try:
+            while not any(n.endswith(".tmp") for n in TestKill.listing(out)):  # an output is being written
+                assert process.poll() is None, "the command finished before it could be interrupted"
+                assert time.monotonic() < deadline
+                time.sleep(0.0005)
+            os.killpg(process.pid, signal.SIGINT)
+            _, err = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert process.returncode == 130
+        lines = [line for line in err.replace("\r", "\n").splitlines() if line and "Resampling" not in line]
+        assert len(lines) == 1, err
+        assert lines[0].startswith("nidataset: interrupted; ")
+        assert "run it again with --skip-existing to finish the rest" in lines[0]
+        names = TestKill.listing(out)
+        assert f"{len(names)} of 6 outputs complete" in lines[0]
+        for name in names:  # no temporary file: only complete outputs
+            assert (out / name).read_bytes() == (clean / name).read_bytes()
+
+
+def test_each_bad_entry_of_a_folder_is_one_line(scans, tmp_path, capsys):
+    (scans / "loop.nii.gz").symlink_to("loop.nii.gz")
+    os.mkfifo(scans / "pipe.nii.gz")
+    assert main(["resample", str(scans), str(tmp_path / "out"), "--size", "4", "4", "4"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("nidataset")]
+    assert err == [
+        f"nidataset: failed: {scans}/loop.nii.gz: "
+        f"the input file '{scans}/loop.nii.gz' is a loop of symbolic links",
+        f"nidataset: failed: {scans}/pipe.nii.gz: '{scans}/pipe.nii.gz' is a FIFO, not a regular file",
+        "nidataset: 2 of 5 files failed",
+    ]
+    assert sorted(os.listdir(tmp_path / "out")) == ["a", "b", "c"]
+
+
+def test_single_file_errors_are_one_line(scans, tmp_path, capsys, monkeypatch):
+    os.mkfifo(scans / "pipe.nii.gz")
+    assert main(["resample", str(scans / "pipe.nii.gz"), str(tmp_path / "out"), "--size", "4", "4", "4"]) == 1
+    assert capsys.readouterr().err == (
+        f"nidataset: failed: {scans}/pipe.nii.gz: '{scans}/pipe.nii.gz' is a FIFO, not a regular file\n"
+    )
+    # Whatever a file raises, the command says it in one line (the library's own errors name the file).
+    from nidataset import _pipeline
+
+    def fail(*args, **kwargs):
+        raise MemoryError("resampling it to (4, 4, 4) needs 12 EiB")
+
+    monkeypatch.setattr(_pipeline, "_Run", fail)
+    assert main(["resample", str(scans / "a.nii.gz"), str(tmp_path / "out"), "--size", "4", "4", "4"]) == 1
+    assert capsys.readouterr().err == (
+        f"nidataset: failed: {scans}/a.nii.gz: resampling it to (4, 4, 4) needs 12 EiB\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("nodir/sub/a.png", "the folder of '{tmp}/nodir/sub/a.png' does not exist"),
+        ("a.jpg", "the picture is written as PNG: -o must end in .png, got '{tmp}/a.jpg'"),
+    ],
+)
+def test_preview_output_checked_first(scans, tmp_path, capsys, output, message):
+    argv = ["preview", str(scans / "a.nii.gz"), str(scans / "b.nii.gz"), "-o", str(tmp_path / output)]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"error: {message.format(tmp=tmp_path)}\n")
+    assert ".tmp" not in err and os.listdir(tmp_path) == ["scans"]

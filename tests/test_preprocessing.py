@@ -84,7 +84,9 @@ def test_rejects_anything_but_three_positive_integers(scan, tmp_path, size):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"'.*missing\.nii\.gz' does not exist"):
         resampling(tmp_path / "missing.nii.gz", tmp_path / "out", (2, 2, 2))
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(
+        IsADirectoryError, match=r"'.*' is a folder, not a '\.nii\.gz' file \(resampling_dataset"
+    ):
         resampling(tmp_path, tmp_path / "out", (2, 2, 2))  # a folder is not a file
     assert not (tmp_path / "out").exists()
 
@@ -273,5 +275,7 @@ class TestAtomicWrite:
 def test_output_folder_that_cannot_be_created(scan, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("in the way")
-    with pytest.raises(OSError, match=r"cannot create the output folder '.*file/out'"):
+    with pytest.raises(
+        NotADirectoryError, match=r"cannot write in the output folder '.*file/out': '.*file' is not a folder"
+    ):
         resampling(scan, blocker / "out", (3, 3, 3))

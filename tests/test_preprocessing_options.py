@@ -197,8 +197,12 @@ class TestPreview:
         monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes "import matplotlib" fail
         monkeypatch.delitem(sys.modules, "matplotlib.figure", raising=False)
         monkeypatch.delitem(sys.modules, "matplotlib.backends.backend_agg", raising=False)
-        with pytest.raises(ImportError, match=r"previews need matplotlib: pip install matplotlib"):
+        with pytest.raises(ImportError, match=r"preview=True needs matplotlib, .*: pip install matplotlib$"):
             resampling(src, tmp_path / "out", (3, 3, 3), preview=True)
+        assert not (tmp_path / "out").exists()  # refused before any work
+        with pytest.raises(ImportError, match=r"preview=True needs matplotlib"):
+            resampling_dataset(tmp_path, tmp_path / "out", (3, 3, 3), preview=True, progress=False)
+        assert not (tmp_path / "out").exists()
 
 
 class TestCommandLine:

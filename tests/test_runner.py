@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import write_nifti
-from nidataset import DatasetError
+from nidataset import DatasetError, InvalidVolumeError
 from nidataset.preprocessing import resampling_dataset
 
 NAMES = ["patient_002", "patient_001", "patient_003"]
@@ -22,8 +22,8 @@ def dataset(tmp_path, rng):
         write_nifti(folder / f"{name}.nii.gz", rng.integers(-100, 900, shape).astype(np.int16))
     (folder / "notes.txt").write_text("not a volume")
     write_nifti(folder / "legacy.nii", np.zeros((4, 4, 4), np.int16))  # .nii is not processed
-    (folder / "sub.nii.gz").mkdir()  # a folder is not a file
-    write_nifti(folder / "sub.nii.gz" / "nested.nii.gz", np.zeros((4, 4, 4), np.int16))  # not directly inside
+    (folder / "sub").mkdir()
+    write_nifti(folder / "sub" / "nested.nii.gz", np.zeros((4, 4, 4), np.int16))  # not directly inside
     return folder
 
 
@@ -77,16 +77,29 @@ def test_silent_without_debug_and_progress(dataset, tmp_path, capsys):
         ({"nii_folder": "missing"}, FileNotFoundError, "the dataset folder '.*missing' does not exist"),
         ({"nii_folder": "empty"}, FileNotFoundError, r"no '\.nii\.gz' files in '.*empty'"),
         ({"nii_folder": "only_other"}, FileNotFoundError, r"no '\.nii\.gz' files"),
+        (
+            {"nii_folder": "a_file"},
+            FileNotFoundError,
+            r"the dataset folder '.*a_file' is a file, not a folder",
+        ),
+        ({"output_path": "a_file"}, NotADirectoryError, r"output folder '.*a_file': it is not a folder"),
+        (
+            {"output_path": "a_file/out"},
+            NotADirectoryError,
+            r"output folder '.*a_file/out': '.*a_file' is not",
+        ),
     ],
 )
 def test_arguments_checked_before_any_work(dataset, tmp_path, kwargs, error, message):
     (tmp_path / "empty").mkdir()
     (tmp_path / "only_other").mkdir()
     (tmp_path / "only_other" / "a.nii").write_bytes(b"")
+    (tmp_path / "a_file").write_bytes(b"")
     args = {"nii_folder": dataset, "output_path": tmp_path / "out", "desired_volume": (4, 4, 4)}
     args.update(kwargs)
-    if isinstance(args["nii_folder"], str):
-        args["nii_folder"] = tmp_path / args["nii_folder"]
+    for name in ("nii_folder", "output_path"):
+        if isinstance(args[name], str):
+            args[name] = tmp_path / args[name]
     with pytest.raises(error, match=message):
         resampling_dataset(**args, progress=False)
     assert not (tmp_path / "out").exists()
@@ -153,3 +166,64 @@ def test_stale_temporaries_of_dead_writers_on_this_host_are_removed(tmp_path):
     resampling_dataset(folder, out, (2, 2, 2), progress=False)
     assert not stale.exists()
     assert all(p.exists() for p in [alive, other_host, *unrelated])
+
+
+def test_every_entry_that_is_not_a_regular_file_fails_alone(dataset, tmp_path):
+    # Named like volumes, none of them is one; each is reported with its reason, the good files are written.
+    (dataset / "a_loop.nii.gz").symlink_to("a_loop.nii.gz")
+    (dataset / "b_dangling.nii.gz").symlink_to("nowhere.nii.gz")
+    (dataset / "c_folder.nii.gz").mkdir()
+    os.mkfifo(dataset / "d_fifo.nii.gz")  # opening it would wait for a writer forever
+    (dataset / "e_link.nii.gz").symlink_to(dataset / "patient_001.nii.gz")  # a link to a file is a file
+    with pytest.raises(DatasetError) as info:
+        resampling_dataset(dataset, tmp_path / "out", (4, 4, 4), saving_mode="folder", progress=False)
+    reasons = {os.path.basename(path): (type(err), str(err)) for path, err in info.value.failures}
+    assert reasons == {
+        "a_loop.nii.gz": (
+            OSError,
+            f"[Errno 40] the input file '{dataset}/a_loop.nii.gz' is a loop of symbolic links",
+        ),
+        "b_dangling.nii.gz": (
+            FileNotFoundError,
+            f"the input file '{dataset}/b_dangling.nii.gz' is a symbolic link to 'nowhere.nii.gz', "
+            "which does not exist",
+        ),
+        "c_folder.nii.gz": (
+            IsADirectoryError,
+            f"'{dataset}/c_folder.nii.gz' is a folder, not a '.nii.gz' file "
+            "(resampling_dataset() resamples a folder)",
+        ),
+        "d_fifo.nii.gz": (InvalidVolumeError, f"'{dataset}/d_fifo.nii.gz' is a FIFO, not a regular file"),
+    }
+    written = sorted(f"{n}_resampled.nii.gz" for n in [*NAMES, "e_link"])
+    assert files_under(tmp_path / "out") == written
+
+
+def test_a_run_never_takes_its_own_outputs_as_inputs(dataset):
+    first = resampling_dataset(dataset, dataset, (4, 4, 4), saving_mode="folder", progress=False)
+    # The rerun finds patient_001_resampled.nii.gz ... among its inputs: they are this run's outputs.
+    again = resampling_dataset(dataset, dataset, (4, 4, 4), saving_mode="folder", progress=False)
+    assert again == first
+    stamps = {path: os.stat(path).st_mtime_ns for path in again}
+    assert not any(name.endswith("_resampled_resampled.nii.gz") for name in os.listdir(dataset))
+    # A file only named like an output, with no input of its own, is an input like any other.
+    os.rename(dataset / "patient_003.nii.gz", dataset / "other_resampled.nii.gz")
+    os.remove(dataset / "patient_003_resampled.nii.gz")
+    last = resampling_dataset(
+        dataset, dataset, (4, 4, 4), saving_mode="folder", progress=False, skip_existing=True
+    )
+    assert os.path.basename(last[0]) == "other_resampled_resampled.nii.gz"
+    assert all(os.stat(path).st_mtime_ns == stamps[path] for path in last[1:])
+
+
+def test_output_folder_refused_before_any_input_is_read(dataset, tmp_path, monkeypatch):
+    from nidataset import _nifti, resampling
+
+    opened = []
+    monkeypatch.setattr(_nifti, "open_volume", lambda path: opened.append(path))
+    (tmp_path / "blocker").write_text("in the way")
+    with pytest.raises(NotADirectoryError, match="is not a folder"):
+        resampling_dataset(dataset, tmp_path / "blocker" / "out", (4, 4, 4), progress=False)
+    with pytest.raises(NotADirectoryError, match="is not a folder"):
+        resampling(dataset / "patient_001.nii.gz", tmp_path / "blocker", (4, 4, 4))
+    assert opened == []

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import importlib.util
 import multiprocessing
 import numbers
 import os
+import stat
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +24,10 @@ __all__ = [
     "available_cores",
     "check_desired_volume",
     "check_flag",
+    "check_input_file",
+    "check_installed",
     "check_options",
+    "check_output_folder",
     "check_positive_int",
     "check_saving_mode",
     "resolve_threads",
@@ -74,7 +80,94 @@ def check_options(
         raise ValueError(
             f"antialias applies to the bspline and linear interpolations, not to {interpolation!r}"
         )
+    if preview:
+        check_installed("matplotlib", "preview=True")
     return Options(interpolation, antialias, align, preview)
+
+
+def check_installed(module: str, feature: str, install: str | None = None) -> None:
+    """Refuse `feature` at once, before any work, if the optional `module` cannot be imported.
+
+    Raises
+    ------
+    ImportError
+        Naming the feature and how to install what it needs (``pip install <install or module>``).
+    """
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a module set to None in sys.modules
+        found = False
+    if not found:
+        raise ImportError(
+            f"{feature} needs {module}, which is not installed: pip install {install or module}"
+        )
+
+
+def check_input_file(path: str, suffix: str) -> str:
+    """Check that `path` is a regular file (or a link to one) whose name ends in `suffix`; return it.
+
+    Nothing is opened: a FIFO would block whoever opened it, waiting for a writer.
+
+    Raises
+    ------
+    FileNotFoundError
+        If nothing is at `path`, or it is a symbolic link to nothing.
+    IsADirectoryError
+        If `path` is a folder.
+    OSError
+        If `path` is a loop of symbolic links, or cannot be looked at.
+    ValueError
+        If the name does not end in `suffix`; an :class:`~nidataset._nifti.InvalidVolumeError` (a
+        ValueError) if it is a FIFO, a device or a socket.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise FileNotFoundError(
+                f"the input file '{path}' is a symbolic link to '{os.readlink(path)}', which does not exist"
+            ) from None
+        raise FileNotFoundError(f"the input file '{path}' does not exist") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise OSError(err.errno, f"the input file '{path}' is a loop of symbolic links") from None
+        raise OSError(err.errno, f"cannot look at the input file '{path}': {err.strerror}") from err
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(
+            f"'{path}' is a folder, not a '{suffix}' file (resampling_dataset() resamples a folder)"
+        )
+    if not path.endswith(suffix):
+        raise ValueError(f"the input file must be a '{suffix}' file, got '{path}'")
+    if not stat.S_ISREG(mode):
+        from ._nifti import InvalidVolumeError
+
+        kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device"
+        raise InvalidVolumeError(f"'{path}' is a {kind}, not a regular file")
+    return path
+
+
+def check_output_folder(folder: str) -> str:
+    """Check that `folder` is a folder this process may write in, or one it may create; return it.
+
+    Nothing is created (the folder is made when the first output is written): the nearest part of the
+    path that exists must be a folder, writable.
+
+    Raises
+    ------
+    NotADirectoryError
+        If `folder`, or the nearest part of it that exists, is not a folder.
+    PermissionError
+        If that folder cannot be written in.
+    """
+    existing = os.path.abspath(folder or os.curdir)
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    where = "it" if existing == os.path.abspath(folder or os.curdir) else f"'{existing}'"
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(f"cannot write in the output folder '{folder}': {where} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write in the output folder '{folder}': {where} is not writable")
+    return folder
 
 
 def check_flag(name: str, value: object) -> bool:

@@ -17,12 +17,20 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from . import _nifti
-from ._options import Options
+from ._options import Options, check_input_file
 from ._pipeline import resample_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DatasetError", "DatasetJob", "case_folder", "list_inputs", "remove_stale_temporaries", "run"]
+__all__ = [
+    "DatasetError",
+    "DatasetJob",
+    "case_folder",
+    "list_inputs",
+    "remove_stale_temporaries",
+    "run",
+    "without_outputs",
+]
 
 
 class DatasetError(RuntimeError):
@@ -48,21 +56,44 @@ class DatasetError(RuntimeError):
 
 
 def list_inputs(folder: str | os.PathLike, suffix: str) -> list[str]:
-    """Paths of the files directly in `folder` whose name ends in `suffix`, sorted by name.
+    """Paths of the entries directly in `folder` whose name ends in `suffix`, sorted by name.
+
+    Every such entry is listed, whatever it is: one that is not a readable regular file (a folder, a FIFO,
+    a broken or looping symbolic link) fails with its reason when its turn comes, and stops nothing.
 
     Raises
     ------
     FileNotFoundError
-        If `folder` is not an existing folder or holds no such file.
+        If `folder` does not exist, is not a folder, or holds no such entry.
     """
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
+        if os.path.lexists(folder):
+            raise FileNotFoundError(f"the dataset folder '{folder}' is a file, not a folder")
         raise FileNotFoundError(f"the dataset folder '{folder}' does not exist")
     with os.scandir(folder) as entries:
-        names = sorted(e.name for e in entries if e.name.endswith(suffix) and e.is_file())
+        names = sorted(e.name for e in entries if e.name.endswith(suffix))
     if not names:
         raise FileNotFoundError(f"no '{suffix}' files in '{folder}'")
     return [os.path.join(folder, name) for name in names]
+
+
+def without_outputs(job: DatasetJob, inputs: Sequence[str]) -> list[str]:
+    """Return `inputs` less the files that are outputs of `job` for other inputs.
+
+    Such files are an earlier run's outputs when the output folder is the input folder: a run never takes
+    its own outputs as inputs (they would be read and replaced at once).
+    """
+    outputs = set()
+    for path in inputs:
+        try:
+            outputs.add(os.path.realpath(job.target(path)))
+        except ValueError:
+            pass  # reported when that file runs
+    kept = [path for path in inputs if os.path.realpath(path) not in outputs]
+    if len(kept) < len(inputs):
+        logger.info("left out %d files that are outputs of this run", len(inputs) - len(kept))
+    return kept
 
 
 @dataclass(frozen=True)
@@ -86,7 +117,12 @@ class DatasetJob:
         """Return the output folder of the input `path`."""
         return self.root if self.saving_mode == "folder" else os.path.join(self.root, case_folder(path))
 
+    def target(self, path: str) -> str:
+        """Return the output file of the input `path`."""
+        return os.path.join(self.folder(path), _nifti.output_name(path))
+
     def __call__(self, path: str) -> str:
+        check_input_file(path, _nifti.SUFFIX)  # here, where it runs: not a FIFO, a folder, a broken link
         return resample_file(
             path,
             self.folder(path),

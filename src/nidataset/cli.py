@@ -1,7 +1,7 @@
 """The ``nidataset`` command (also ``python -m nidataset``).
 
 Exit status: 0 when every output is written, 1 when some files failed (each is named on stderr with its
-reason; the others are written), 2 for usage errors.
+reason; the others are written), 2 for usage errors, 130 when interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
-
-from ._options import ALIGNS, INTERPOLATIONS, SAVING_MODES, check_options
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 _EXAMPLES = """\
 examples:
@@ -31,7 +30,8 @@ folder) each result goes to OUTPUT/<PREFIX>/<PREFIX>_resampled.nii.gz; with --mo
 for a file) to OUTPUT/<PREFIX>_resampled.nii.gz. Outputs appear only when complete, so a run that was
 killed is finished by running it again with --skip-existing.
 
-exit status: 0 all written, 1 some files failed (each named on stderr), 2 usage error
+exit status: 0 all written, 1 some files failed (each named on stderr), 2 usage error,
+130 interrupted (what was finished stays; --skip-existing resumes)
 """
 
 
@@ -46,6 +46,8 @@ def _positive_int(text: str) -> int:
 
 
 def _get_parser() -> argparse.ArgumentParser:
+    from ._options import ALIGNS, INTERPOLATIONS, SAVING_MODES
+
     parser = argparse.ArgumentParser(
         prog="nidataset",
         description="Resample 3D NIfTI volumes (.nii.gz) to a fixed array size, keeping the field of view.",
@@ -115,25 +117,63 @@ def _get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with `argv` (default: ``sys.argv[1:]``); returns the exit status."""
-    parser = _get_parser()
-    args = parser.parse_args(argv)
-    command = args.command_parser
-    if args.command == "preview":
-        return _preview(args, command)
+    started = time.time()
+    args = None
+    try:
+        args = _get_parser().parse_args(argv)
+        if args.command == "preview":
+            return _preview(args, args.command_parser)
+        return _resample(args, args.command_parser)
+    except KeyboardInterrupt:
+        # Outputs appear only when complete, and temporary files go as the work unwinds.
+        print(_interrupted(args, started), file=sys.stderr)
+        return EXIT_INTERRUPTED
 
-    if not os.path.exists(args.input):
+
+def _interrupted(args: argparse.Namespace | None, started: float) -> str:
+    """Say what an interrupted command finished, and how to finish the rest."""
+    if args is None or args.command != "resample" or not os.path.isdir(args.input):
+        return "nidataset: interrupted; nothing partial was left"
+    from ._nifti import SUFFIX, output_name, prefix
+
+    names = sorted(name for name in os.listdir(args.input) if name.endswith(SUFFIX))
+    mode = args.mode or "case"
+    targets = [
+        os.path.join(args.output, *([prefix(n)] if mode == "case" else []), output_name(n)) for n in names
+    ]
+    present = [t for t in targets if os.path.isfile(t)]
+    new = sum(os.stat(t).st_mtime >= started for t in present)
+    return (
+        f"nidataset: interrupted; {new} files written by this run, {len(present)} of {len(targets)} outputs "
+        "complete (none partial); run it again with --skip-existing to finish the rest"
+    )
+
+
+def _resample(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
+    from ._options import check_installed, check_options
+
+    if not os.path.lexists(args.input):
         command.error(f"INPUT '{args.input}' does not exist")
     if args.workers > 1 and args.scheduler:
         command.error("give --workers or --scheduler, not both")
     try:
         check_options(args.interpolation, args.antialias, args.align, args.preview)
+        if args.scheduler:
+            check_installed("distributed", "--scheduler")
+    except ImportError as err:
+        command.error(str(err).replace("preview=True", "--preview"))
     except ValueError as err:
         command.error(str(err))
-    if args.preview:
-        _need_matplotlib(command, "--preview")
     if os.path.isdir(args.input):
         return _resample_folder(args, command)
     return _resample_file(args, command)
+
+
+def _reason(err: BaseException) -> str:
+    """Say what went wrong in one line: an OSError's own words and file, without ``[Errno N]``."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror + ("" if err.filename is None else f": '{err.filename}'")
+    return str(err)
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -147,18 +187,21 @@ def _options(args: argparse.Namespace) -> dict:
     }
 
 
-def _need_matplotlib(command: argparse.ArgumentParser, what: str) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("matplotlib") is None:
-        command.error(f"{what} needs matplotlib: pip install matplotlib")
-
-
 def _preview(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
-    for path in (args.original, args.resampled):
-        if not os.path.isfile(path):
-            command.error(f"'{path}' does not exist")
-    _need_matplotlib(command, "preview")
+    from ._nifti import SUFFIX
+    from ._options import check_input_file, check_installed
+
+    try:
+        for path in (args.original, args.resampled):
+            check_input_file(path, SUFFIX)
+        check_installed("matplotlib", "preview")
+    except (ImportError, ValueError, OSError) as err:
+        command.error(_reason(err))
+    if not args.output.lower().endswith(".png"):
+        command.error(f"the picture is written as PNG: -o must end in .png, got '{args.output}'")
+    folder = os.path.dirname(args.output) or os.curdir
+    if not os.path.isdir(folder):
+        command.error(f"the folder of '{args.output}' does not exist")
     from ._nifti import read_mid_planes
     from ._preview import write_preview
 
@@ -166,15 +209,15 @@ def _preview(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
         original, resampled = read_mid_planes(args.original), read_mid_planes(args.resampled)
         names = (os.path.basename(args.original), os.path.basename(args.resampled))
         write_preview(original, resampled, args.output, names=names)
-    except (ValueError, OSError) as err:
-        print(f"nidataset: failed: {err}", file=sys.stderr)
+    except (ValueError, OSError, MemoryError) as err:
+        print(f"nidataset: failed: {_reason(err)}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
 
 def _resample_file(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
     from ._nifti import SUFFIX, prefix
-    from .preprocessing import InvalidVolumeError, resampling
+    from .preprocessing import resampling
 
     if not args.input.endswith(SUFFIX):
         command.error(f"INPUT must be a folder or a '{SUFFIX}' file, got '{args.input}'")
@@ -185,8 +228,8 @@ def _resample_file(args: argparse.Namespace, command: argparse.ArgumentParser) -
         resampling(
             args.input, folder, args.size, args.debug, **_options(args), skip_existing=args.skip_existing
         )
-    except (InvalidVolumeError, OSError) as err:
-        print(f"nidataset: failed: {args.input}: {err}", file=sys.stderr)
+    except Exception as err:  # as a folder run reports each file: one line, no traceback
+        print(f"nidataset: failed: {args.input}: {_reason(err)}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -196,10 +239,8 @@ def _resample_folder(args: argparse.Namespace, command: argparse.ArgumentParser)
 
     executor = client = None
     if args.scheduler:
-        try:
-            import distributed
-        except ImportError:
-            command.error("--scheduler needs Dask: pip install distributed")
+        import distributed
+
         try:
             client = distributed.Client(args.scheduler, timeout="20s")
         except (OSError, TimeoutError, ValueError) as err:  # unreachable, or not an address
@@ -219,14 +260,14 @@ def _resample_folder(args: argparse.Namespace, command: argparse.ArgumentParser)
         )
     except DatasetError as err:
         for path, reason in err.failures:
-            print(f"nidataset: failed: {path}: {reason}", file=sys.stderr)
+            print(f"nidataset: failed: {path}: {_reason(reason)}", file=sys.stderr)
         total = len(err.failures) + len(err.outputs)
         print(f"nidataset: {len(err.failures)} of {total} files failed", file=sys.stderr)
         return EXIT_FAILED
     except FileNotFoundError as err:  # no .nii.gz file in the folder: checked before any work
         command.error(str(err))
     except OSError as err:  # e.g. an output folder that cannot be created, before any file
-        print(f"nidataset: failed: {err}", file=sys.stderr)
+        print(f"nidataset: failed: {_reason(err)}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         if client is not None:

@@ -82,13 +82,22 @@ def resampling(
     Raises
     ------
     FileNotFoundError
-        If `nii_path` does not exist.
+        If `nii_path` does not exist (or is a symbolic link to nothing).
+    IsADirectoryError
+        If `nii_path` is a folder.
     ValueError
         If `nii_path` does not end in ``.nii.gz``, `desired_volume` is not three positive integers, or an
         option is not one of its choices (or `antialias` is asked with "nearest" or "label").
     InvalidVolumeError
-        (a ``ValueError``) If the file is not a readable 3D NIfTI volume of integer or real values;
-        the message names the file.
+        (a ``ValueError``) If the file is not a readable 3D NIfTI volume of integer or real values (a
+        FIFO or a device included); the message names the file and what is wrong.
+    NotADirectoryError, PermissionError
+        If `output_path` is not a folder, or cannot be created or written in: checked before the input
+        is read.
+    ImportError
+        If `preview` is asked for and matplotlib is not installed, before any work.
+    OSError
+        If reading or writing fails (a full disk, a device error); the message names the file.
 
     See Also
     --------
@@ -154,9 +163,8 @@ def resampling(
     options = _options.check_options(interpolation, antialias, align, preview)
     threads = _options.resolve_threads(threads)
     skip_existing = _options.check_flag("skip_existing", skip_existing)
-    target = resample_file(
-        path, os.fspath(output_path), shape, options, threads=threads, skip_existing=skip_existing
-    )
+    folder = _check_output_folder(output_path)
+    target = resample_file(path, folder, shape, options, threads=threads, skip_existing=skip_existing)
     if debug:
         print(f"Resampled image saved at: '{target}'")
     return target
@@ -225,7 +233,12 @@ def resampling_dataset(
     Raises
     ------
     FileNotFoundError
-        If `nii_folder` does not exist or holds no ``.nii.gz`` file.
+        If `nii_folder` does not exist, is a file, or holds no ``.nii.gz`` file.
+    NotADirectoryError, PermissionError
+        If `output_path` is not a folder, or cannot be created or written in: checked before any input
+        is read.
+    ImportError
+        If `preview` is asked for and matplotlib is not installed, before any work.
     ValueError
         If `desired_volume` is not three positive integers, `saving_mode` is not "case" or "folder", an
         option is not one of its choices, `workers` is not a positive integer, or both `workers > 1` and
@@ -234,7 +247,9 @@ def resampling_dataset(
         If `executor` is not a ``concurrent.futures.Executor``.
     DatasetError
         (a ``RuntimeError``) After all other files are written, if any file failed. Its ``failures``
-        lists each failed file with its exception; its ``outputs`` the files written.
+        lists each failed file with its exception; its ``outputs`` the files written. Every
+        ``*.nii.gz`` entry of the folder is tried: one that is not a readable regular file (a folder, a
+        FIFO, a broken or looping symbolic link) fails with its reason and stops nothing.
 
     Examples
     --------
@@ -268,7 +283,10 @@ def resampling_dataset(
     side_by_side = workers > 1 or executor is not None
     threads = _options.resolve_threads(threads) if threads is not None or not side_by_side else 1
     inputs = _runner.list_inputs(nii_folder, _nifti.SUFFIX)
-    job = _runner.DatasetJob(os.fspath(output_path), saving_mode, shape, options, threads, skip_existing)
+    job = _runner.DatasetJob(
+        _check_output_folder(output_path), saving_mode, shape, options, threads, skip_existing
+    )
+    inputs = _runner.without_outputs(job, inputs)
     _runner.remove_stale_temporaries(job, inputs)
     outputs = _runner.run(inputs, job, workers=workers, executor=executor, progress=progress)
     if debug:
@@ -280,8 +298,11 @@ def _check_input_file(nii_path: str | os.PathLike) -> str:
     path = os.fspath(nii_path)
     if not isinstance(path, str):
         raise TypeError(f"nii_path must be a str or os.PathLike, got {type(nii_path).__name__}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"the input file '{path}' does not exist")
-    if not path.endswith(_nifti.SUFFIX):
-        raise ValueError(f"the input file must be a '{_nifti.SUFFIX}' file, got '{path}'")
-    return path
+    return _options.check_input_file(path, _nifti.SUFFIX)
+
+
+def _check_output_folder(output_path: str | os.PathLike) -> str:
+    folder = os.fspath(output_path)
+    if not isinstance(folder, str):
+        raise TypeError(f"output_path must be a str or os.PathLike, got {type(output_path).__name__}")
+    return _options.check_output_folder(folder)
