@@ -15,7 +15,9 @@ Every file is resampled with each interpolation in ("bspline", "linear", "neares
 (whatever ``nidataset`` this Python imports) and ``--baseline-src`` (another checkout's ``src``, put first
 on PYTHONPATH; default /tmp/baseline/src). The outputs' bytes are compared. A job that both sides refuse
 is left out and listed; one that only one side refuses counts as a difference. For the files that differ,
-the stored voxels are compared: how many differ and by how much at most. ``--threads N`` passes
+the stored voxels are compared: how many differ and by how much at most. For label maps, each differing
+voxel is also judged in exact arithmetic (rational sample positions, fractions for the weights): is it
+a tie between labels, and which side gives the rule's label (ties to the smaller) there. ``--threads N`` passes
 ``threads=N`` to a resampling() whose signature has it (on both sides).
 
 Exit status 0 only if every output is identical.
@@ -27,7 +29,9 @@ Exit status 0 only if every output is identical.
 
 import argparse
 import gzip
+import itertools
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -35,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from fractions import Fraction
 
 import nibabel as nib
 import numpy as np
@@ -278,6 +283,51 @@ def differences(ours, theirs):
     )
 
 
+def exact_label(labels, shape, align, index):
+    """The label the rule picks at output voxel `index`, in exact arithmetic, and whether it was a tie.
+
+    The rule: the label whose linearly interpolated indicator is largest, ties to the smaller label. The
+    sample positions are the exact rationals ``i * old / new`` (or the "center" ones), not their float64
+    roundings, and the edge voxel is repeated past the last one.
+    """
+    corners = []
+    for i, old, new in zip(index, labels.shape, shape, strict=True):
+        if align == "origin":
+            position = Fraction(int(i) * old, new)
+        else:
+            position = Fraction((2 * int(i) + 1) * old, 2 * new) - Fraction(1, 2)
+        position = min(max(position, Fraction(0)), Fraction(old - 1))
+        low = min(int(position), old - 1)
+        corners.append(((low, 1 - (position - low)), (min(low + 1, old - 1), position - low)))
+    scores = Counter()
+    for corner in itertools.product(*corners):
+        weight = math.prod((w for _, w in corner), start=Fraction(1))
+        scores[labels[tuple(i for i, _ in corner)].item()] += weight
+    best = max(scores.values())
+    winners = sorted(label for label, score in scores.items() if score == best)
+    return winners[0], len(winners) > 1
+
+
+def label_ties(source, ours, theirs, align, most=2000):
+    """Where two label outputs differ: are those voxels exact ties, and who gives the rule's label there?"""
+    labels = np.asarray(nib.load(source).dataobj.get_unscaled())
+    labels = labels.reshape(labels.shape[:3])
+    x, y = (np.asarray(nib.load(p).dataobj.get_unscaled()) for p in (ours, theirs))
+    if labels.dtype.kind == "f" and np.isnan(labels).any():
+        return "the map holds NaN (not checked)"
+    places = np.argwhere(x != y)[:most]
+    ties = mine = other = 0
+    for index in map(tuple, places):
+        rule, tie = exact_label(labels, x.shape, align, index)
+        ties += tie
+        mine += x[index] == rule
+        other += y[index] == rule
+    return (
+        f"{ties} of {len(places)} checked are exact ties; the rule's label (ties to the smaller) is this "
+        f"project's at {mine}, the other's at {other}"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline-src", help="src folder of the other checkout (default /tmp/baseline/src)")
@@ -318,6 +368,10 @@ def main():
                     same[how] += 1
                     continue
             reports.append(f"  {key}: {differences(ours_out[key], theirs_out[key])}")
+            if how == "label":
+                reports[-1] += (
+                    f"; {label_ties(job['src'], ours_out[key], theirs_out[key], job['options']['align'])}"
+                )
             if args.keep:
                 kept = os.path.join(args.keep, str(len(reports)))
                 os.makedirs(kept, exist_ok=True)

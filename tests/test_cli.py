@@ -174,7 +174,14 @@ def test_skip_existing(scans, tmp_path):
 
 def test_dask_scheduler(scans, tmp_path):
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        host="127.0.0.1",
+        scheduler_port=0,  # every port chosen by the OS: the scheduler's HTTP routes too (default 8787)
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+    ) as cluster:
         argv = ["resample", str(scans), str(tmp_path / "dask"), "--size", "5", "5", "5", "--mode", "folder"]
         assert main([*argv, "--scheduler", cluster.scheduler_address]) == 0
     assert (
@@ -341,12 +348,12 @@ def test_single_file_errors_are_one_line(scans, tmp_path, capsys, monkeypatch):
     from nidataset import _pipeline
 
     def fail(*args, **kwargs):
-        raise MemoryError("resampling it to (4, 4, 4) needs 12 EiB")
+        raise RuntimeError("something no one foresaw")
 
     monkeypatch.setattr(_pipeline, "_Run", fail)
     assert main(["resample", str(scans / "a.nii.gz"), str(tmp_path / "out"), "--size", "4", "4", "4"]) == 1
     assert capsys.readouterr().err == (
-        f"nidataset: failed: {scans}/a.nii.gz: resampling it to (4, 4, 4) needs 12 EiB\n"
+        f"nidataset: failed: {scans}/a.nii.gz: something no one foresaw\n"
     )
 
 
@@ -365,3 +372,57 @@ def test_preview_output_checked_first(scans, tmp_path, capsys, output, message):
     err = capsys.readouterr().err
     assert err.endswith(f"error: {message.format(tmp=tmp_path)}\n")
     assert ".tmp" not in err and os.listdir(tmp_path) == ["scans"]
+
+
+def test_version(capsys):
+    import nidataset
+
+    with pytest.raises(SystemExit) as info:
+        main(["-V"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"nidataset {nidataset.__version__}\n"
+
+
+def test_quiet_verbose_and_kept_files(scans, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["resample", str(scans), str(out), "--size", "4", "4", "4", "-q", "-v"]) == 0
+    err = capsys.readouterr().err
+    assert "Resampling" not in err  # no progress bar
+    lines = err.splitlines()
+    assert len(lines) == 3 and all(line.startswith("nidataset: resampled ") for line in lines)
+    (out / "b" / "b_resampled.nii.gz").unlink()
+    argv = ["resample", str(scans), str(out), "--size", "4", "4", "4", "-q", "--skip-existing", "--debug"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [
+        f"Resampling completed for all files in '{scans}'",
+        f"Kept existing output: '{out}/a/a_resampled.nii.gz'",
+        f"Kept existing output: '{out}/c/c_resampled.nii.gz'",
+    ]
+    assert captured.err == ""  # quiet, and -v was not given again
+
+
+def test_workers_or_scheduler_with_one_file_is_a_usage_error(scans, tmp_path, capsys):
+    for extra in (["--workers", "2"], ["--scheduler", "tcp://127.0.0.1:1"]):
+        with pytest.raises(SystemExit) as info:
+            main(
+                ["resample", str(scans / "a.nii.gz"), str(tmp_path / "out"), "--size", "4", "4", "4", *extra]
+            )
+        assert info.value.code == 2
+        assert "share out the files of a folder; INPUT is one file" in capsys.readouterr().err
+
+
+def test_unreachable_scheduler_fails_within_10_s(scans, tmp_path, capsys):
+    pytest.importorskip("distributed")
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as info:
+        main(["resample", str(scans), str(tmp_path / "out"), "--size", "4", "4", "4", "--scheduler", address])
+    assert time.monotonic() - start < 10
+    assert info.value.code == 2
+    assert f"cannot connect to the Dask scheduler at '{address}'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

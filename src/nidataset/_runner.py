@@ -9,9 +9,11 @@ per case, or one folder) and clears what killed runs left there.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
+import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -199,11 +201,15 @@ def run(
     else:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        pool = executor or ProcessPoolExecutor(max_workers=min(workers, len(inputs)))
+        if executor is None:
+            pool: Executor = ProcessPoolExecutor(min(workers, len(inputs)), initializer=_ignore_interrupts)
+            task: Callable[..., str] = functools.partial(_interruptible, job)
+        else:
+            pool, task = executor, job
         futures = {}
         try:
             for index, path in enumerate(inputs):
-                futures[pool.submit(job, path)] = index
+                futures[pool.submit(task, path)] = index
             with Bar(total=len(inputs), desc=desc, unit="file", disable=not progress) as bar:
                 for future in as_completed(futures):
                     record(futures[future], future.result)
@@ -220,3 +226,22 @@ def run(
             [(inputs[i], failures[i]) for i in sorted(failures)], [results[i] for i in sorted(results)]
         )
     return [results[i] for i in range(len(inputs))]
+
+
+def _ignore_interrupts() -> None:
+    """Start a process of the local pool: Ctrl-C reaches it only while it works on a file.
+
+    The terminal sends SIGINT to every process of the group. A pool process that took it while waiting
+    for work would die and break the pool, which then kills the others mid-write, leaving their temporary
+    files behind; one that takes it while working on a file unwinds that file cleanly.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _interruptible(job: Callable[[str], str], path: str) -> str:
+    """Run `job` on `path` in a pool process, taking Ctrl-C as KeyboardInterrupt meanwhile."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return job(path)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -7,14 +7,17 @@ reason; the others are written), 2 for usage errors, 130 when interrupted (Ctrl-
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: How long to try to reach a Dask scheduler before giving up.
+_SCHEDULER_TIMEOUT = "8s"
 
 _EXAMPLES = """\
 examples:
@@ -46,12 +49,14 @@ def _positive_int(text: str) -> int:
 
 
 def _get_parser() -> argparse.ArgumentParser:
+    from . import __version__
     from ._options import ALIGNS, INTERPOLATIONS, SAVING_MODES
 
     parser = argparse.ArgumentParser(
         prog="nidataset",
         description="Resample 3D NIfTI volumes (.nii.gz) to a fixed array size, keeping the field of view.",
     )
+    parser.add_argument("-V", "--version", action="version", version=f"nidataset {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     resample = commands.add_parser(
         "resample",
@@ -96,7 +101,13 @@ def _get_parser() -> argparse.ArgumentParser:
         "--preview", action="store_true", help="also write <PREFIX>_preview.png beside each output"
     )
     resample.add_argument(
-        "--debug", action="store_true", help="print the written path (file) or a completion line (folder)"
+        "--debug",
+        action="store_true",
+        help="print the written path (file) or a completion line (folder), and each output kept",
+    )
+    resample.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    resample.add_argument(
+        "-v", "--verbose", action="store_true", help="the library's log lines (files resampled, kept, ...)"
     )
     resample.set_defaults(command_parser=resample)  # reports usage errors of the command with its own usage
 
@@ -117,45 +128,64 @@ def _get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with `argv` (default: ``sys.argv[1:]``); returns the exit status."""
-    started = time.time()
     args = None
+    before: dict[str, tuple[int, int] | None] = {}
     try:
         args = _get_parser().parse_args(argv)
         if args.command == "preview":
             return _preview(args, args.command_parser)
-        return _resample(args, args.command_parser)
+        before = _stamps(args)
+        return _resample(args, args.command_parser, before)
     except KeyboardInterrupt:
         # Outputs appear only when complete, and temporary files go as the work unwinds.
-        print(_interrupted(args, started), file=sys.stderr)
+        print(_interrupted(args, before), file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
-def _interrupted(args: argparse.Namespace | None, started: float) -> str:
-    """Say what an interrupted command finished, and how to finish the rest."""
-    if args is None or args.command != "resample" or not os.path.isdir(args.input):
-        return "nidataset: interrupted; nothing partial was left"
+def _stamps(args: argparse.Namespace) -> dict[str, tuple[int, int] | None]:
+    """Map each output the command would write to its (inode, mtime), or None where there is none yet."""
     from ._nifti import SUFFIX, output_name, prefix
 
-    names = sorted(name for name in os.listdir(args.input) if name.endswith(SUFFIX))
-    mode = args.mode or "case"
-    targets = [
-        os.path.join(args.output, *([prefix(n)] if mode == "case" else []), output_name(n)) for n in names
-    ]
-    present = [t for t in targets if os.path.isfile(t)]
-    new = sum(os.stat(t).st_mtime >= started for t in present)
+    if os.path.isdir(args.input):
+        inputs = sorted(name for name in os.listdir(args.input) if name.endswith(SUFFIX))
+        mode = args.mode or "case"
+    else:
+        inputs, mode = [args.input], args.mode or "folder"
+    stamps: dict[str, tuple[int, int] | None] = {}
+    for name in inputs:
+        target = os.path.join(args.output, *([prefix(name)] if mode == "case" else []), output_name(name))
+        try:
+            info = os.stat(target)
+            stamps[target] = (info.st_ino, info.st_mtime_ns)
+        except OSError:
+            stamps[target] = None
+    return stamps
+
+
+def _interrupted(args: argparse.Namespace | None, before: dict[str, tuple[int, int] | None]) -> str:
+    """Say what an interrupted command finished, and how to finish the rest."""
+    if args is None or args.command != "resample" or not before:
+        return "nidataset: interrupted; nothing partial was left"
+    after = _stamps(args)
+    present = [target for target, stamp in after.items() if stamp is not None]
+    new = sum(after[target] != before.get(target) for target in present)
     return (
-        f"nidataset: interrupted; {new} files written by this run, {len(present)} of {len(targets)} outputs "
+        f"nidataset: interrupted; {new} files written by this run, {len(present)} of {len(after)} outputs "
         "complete (none partial); run it again with --skip-existing to finish the rest"
     )
 
 
-def _resample(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
+def _resample(
+    args: argparse.Namespace, command: argparse.ArgumentParser, before: dict[str, tuple[int, int] | None]
+) -> int:
     from ._options import check_installed, check_options
 
     if not os.path.lexists(args.input):
         command.error(f"INPUT '{args.input}' does not exist")
     if args.workers > 1 and args.scheduler:
         command.error("give --workers or --scheduler, not both")
+    if not os.path.isdir(args.input) and (args.workers > 1 or args.scheduler):
+        command.error("--workers and --scheduler share out the files of a folder; INPUT is one file")
     try:
         check_options(args.interpolation, args.antialias, args.align, args.preview)
         if args.scheduler:
@@ -164,9 +194,33 @@ def _resample(args: argparse.Namespace, command: argparse.ArgumentParser) -> int
         command.error(str(err).replace("preview=True", "--preview"))
     except ValueError as err:
         command.error(str(err))
-    if os.path.isdir(args.input):
-        return _resample_folder(args, command)
-    return _resample_file(args, command)
+    with _log_to_stderr() if args.verbose else contextlib.nullcontext():
+        if os.path.isdir(args.input):
+            status, outputs = _resample_folder(args, command)
+        else:
+            status, outputs = _resample_file(args, command)
+    if args.debug and args.skip_existing:
+        now = _stamps(args)
+        for path in outputs:
+            if before.get(path) is not None and now.get(path) == before[path]:
+                print(f"Kept existing output: '{path}'")
+    return status
+
+
+@contextlib.contextmanager
+def _log_to_stderr() -> Iterator[None]:
+    """Show the library's INFO log lines on stderr while the command runs (the library sets none)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("nidataset: %(message)s"))
+    logger = logging.getLogger("nidataset")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _reason(err: BaseException) -> str:
@@ -215,7 +269,7 @@ def _preview(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
     return EXIT_OK
 
 
-def _resample_file(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
+def _resample_file(args: argparse.Namespace, command: argparse.ArgumentParser) -> tuple[int, list[str]]:
     from ._nifti import SUFFIX, prefix
     from .preprocessing import resampling
 
@@ -225,16 +279,16 @@ def _resample_file(args: argparse.Namespace, command: argparse.ArgumentParser) -
     if args.mode == "case":
         folder = os.path.join(folder, prefix(args.input))
     try:
-        resampling(
+        output = resampling(
             args.input, folder, args.size, args.debug, **_options(args), skip_existing=args.skip_existing
         )
     except Exception as err:  # as a folder run reports each file: one line, no traceback
         print(f"nidataset: failed: {args.input}: {_reason(err)}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+        return EXIT_FAILED, []
+    return EXIT_OK, [output]
 
 
-def _resample_folder(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
+def _resample_folder(args: argparse.Namespace, command: argparse.ArgumentParser) -> tuple[int, list[str]]:
     from .preprocessing import DatasetError, resampling_dataset
 
     executor = client = None
@@ -242,12 +296,12 @@ def _resample_folder(args: argparse.Namespace, command: argparse.ArgumentParser)
         import distributed
 
         try:
-            client = distributed.Client(args.scheduler, timeout="20s")
+            client = distributed.Client(args.scheduler, timeout=_SCHEDULER_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as err:  # unreachable, or not an address
             command.error(f"cannot connect to the Dask scheduler at '{args.scheduler}': {err}")
         executor = client.get_executor()
     try:
-        resampling_dataset(
+        outputs = resampling_dataset(
             args.input,
             args.output,
             args.size,
@@ -256,6 +310,7 @@ def _resample_folder(args: argparse.Namespace, command: argparse.ArgumentParser)
             workers=args.workers,
             executor=executor,
             skip_existing=args.skip_existing,
+            progress=not args.quiet,
             **_options(args),
         )
     except DatasetError as err:
@@ -263,13 +318,13 @@ def _resample_folder(args: argparse.Namespace, command: argparse.ArgumentParser)
             print(f"nidataset: failed: {path}: {_reason(reason)}", file=sys.stderr)
         total = len(err.failures) + len(err.outputs)
         print(f"nidataset: {len(err.failures)} of {total} files failed", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_FAILED, err.outputs
     except FileNotFoundError as err:  # no .nii.gz file in the folder: checked before any work
         command.error(str(err))
     except OSError as err:  # e.g. an output folder that cannot be created, before any file
         print(f"nidataset: failed: {_reason(err)}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_FAILED, []
     finally:
         if client is not None:
             client.close()
-    return EXIT_OK
+    return EXIT_OK, outputs
