@@ -64,3 +64,16 @@ def test_taps_and_nearest_at_the_edges():
     assert taps.taps.min() == 0 and taps.taps.max() == 3
     np.testing.assert_allclose(taps.weights.sum(axis=1), 1.0)
     assert nearest_indices(positions, 4).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_gain_is_the_largest_absolute_row_sum_of_the_spline_matrix():
+    # The matrix from scipy (the spline through each unit sample, mirror boundary), independently of the
+    # tiles; its largest absolute row sum bounds how far one pass can grow the largest magnitude.
+    from helpers import mirror_spline
+
+    for old, new in ((20, 11), (11, 20), (7, 16), (2, 3), (100, 37)):
+        matrix = np.stack([mirror_spline(column, (new,)) for column in np.eye(old)], axis=1)
+        op = axis_operator(old, new, order=3)
+        assert abs(op.gain - np.abs(matrix).sum(axis=1).max()) < 1e-9
+        assert 1 <= op.gain < 1.55  # cardinal cubic splines' Lebesgue constant is 1.5490...
+        assert axis_operator(old, new, order=1).gain == 1  # convex weights
