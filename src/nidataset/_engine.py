@@ -10,6 +10,17 @@ and a few slabs.
 
 Interpolated values come out in the computation type, unclipped; :func:`cast` turns them into a stored
 type. :func:`resize` runs the engine over an array in memory.
+
+Values near the largest the computation type holds (a float32 "no data" of -3.4e38, say) would overflow
+inside the matrix products: each pass can multiply the largest magnitude by its operator's
+:attr:`~nidataset._operators.AxisOperator.gain` (1.55 for the cubic B-spline), and one infinity in a
+dense tile turns its whole row of outputs into NaN. So an engine knows the largest input magnitude it can
+compute as it is (its *headroom*, the type's largest value over a power of two that covers the gains of
+every pass twice over); from the first slab that exceeds it on, it computes on values scaled down by that
+power of two and scales the results back up, saturated at the type's limits. Scaling by a power of two
+changes no rounding (as long as nothing underflows), so the results are those of the scaled input, scaled
+back; ordinary values never come near the headroom (at least an eighth of the type's largest value:
+4.2e37 for float32, 2.2e307 for float64) and are computed as they are.
 """
 
 from __future__ import annotations
@@ -45,6 +56,7 @@ __all__ = [
     "check_shapes",
     "computation_type",
     "gather",
+    "overflow_headroom",
     "plan_axes",
     "resize",
     "slab_rows",
@@ -99,11 +111,62 @@ def computation_type(dtype: npt.DTypeLike) -> np.dtype:
     return np.dtype(np.float32) if ftype.itemsize < 4 else ftype
 
 
+def overflow_headroom(
+    dtype: npt.DTypeLike, ftype: npt.DTypeLike, operators: Sequence[AxisOperator | None]
+) -> tuple[np.floating[Any] | None, int]:
+    """Largest input magnitude the `operators` can take in `ftype` without overflow, and the scale beyond it.
+
+    A pass multiplies the largest magnitude, and that of every partial sum, by at most its operator's
+    gain, so inputs up to ``finfo(ftype).max / 2**exponent``, with ``2**exponent`` at least twice the
+    product of the gains, stay finite through every pass (the factor 2 covers rounding); larger ones are
+    computed scaled down by ``2**exponent``.
+
+    Parameters
+    ----------
+    dtype : numpy dtype
+        Type of the input.
+    ftype : numpy dtype
+        Computation type.
+    operators : sequence of AxisOperator or None
+        One per axis (``None``: the axis is left as it is).
+
+    Returns
+    -------
+    headroom : numpy floating scalar or None
+        Of `ftype`; ``None`` if no value of `dtype` exceeds it (integers, float16 computed in float32) or
+        no axis is resized (nothing is computed).
+    exponent : int
+        The power of two values beyond the headroom are scaled down by.
+
+    Examples
+    --------
+    >>> from nidataset._operators import axis_operator
+    >>> ops = [axis_operator(n, 11, order=3, dtype=np.float32) for n in (20, 20, 20)]
+    >>> overflow_headroom(np.float32, np.float32, ops)  # 2 * 1.55**3 < 2**3
+    (np.float32(4.2535293e+37), 3)
+    >>> overflow_headroom(np.int16, np.float32, ops)
+    (None, 3)
+    """
+    gains = [op.gain for op in operators if op is not None]
+    exponent = max(1, math.ceil(math.log2(2 * math.prod(gains))))
+    limit = np.finfo(ftype).max / 2**exponent  # of `ftype`, exactly
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        largest: Any = np.finfo(dtype).max
+    else:
+        info = np.iinfo(dtype)
+        largest = max(-int(info.min), int(info.max))
+    if not gains or largest <= limit:
+        return None, exponent
+    return limit, exponent
+
+
 def cast(values: np.ndarray, dtype: npt.DTypeLike, out: np.ndarray | None = None) -> np.ndarray:
     """Convert interpolated `values` to `dtype`, rounding to nearest (not truncating) for integer types.
 
-    Values beyond an integer type's range saturate at its limits. `values` may be overwritten. With
-    `out` (of `dtype` and `values`' shape) the result is written there.
+    Finite values beyond the range of `dtype` saturate at its limits (NaN and infinity stay as they are in
+    a float type). `values` may be overwritten. With `out` (of `dtype` and `values`' shape) the result is
+    written there.
 
     Examples
     --------
@@ -111,8 +174,15 @@ def cast(values: np.ndarray, dtype: npt.DTypeLike, out: np.ndarray | None = None
     array([  0,   0,   2,   2, 255], dtype=uint8)
     >>> cast(np.array([1e30, -1e30]), np.int64)
     array([ 9223372036854775807, -9223372036854775808])
+    >>> cast(np.array([7e4, -np.inf, np.nan], dtype=np.float32), np.float16).tolist()
+    [65504.0, -inf, nan]
     """
     dtype = np.dtype(dtype)
+    if dtype.kind == "f" and values.dtype.kind == "f" and np.finfo(dtype).max < np.finfo(values.dtype).max:
+        limit = np.finfo(dtype).max
+        low, high = values.min(), values.max()  # NaN if there is one
+        if not (-limit <= low and high <= limit):  # saturate the finite values only
+            np.clip(values, -limit, limit, out=values, where=np.isfinite(values))
     if dtype.kind in "iu" and values.dtype.kind == "f":
         np.rint(values, out=values)
         info = np.iinfo(dtype)
@@ -195,6 +265,12 @@ class InterpolatingEngine:
     ----------
     low, high
         Smallest and largest input value fed so far (the input's range, once all is fed).
+    headroom
+        Largest input magnitude computed as it is (``None``: no value of the input type exceeds it).
+        From the first slab beyond it on, values are computed scaled down by ``2**exponent`` (see the
+        module's docstring).
+    scaled_from
+        The first output row computed on scaled values (``None`` while none is).
     """
 
     def __init__(
@@ -244,6 +320,10 @@ class InterpolatingEngine:
         self.low: np.generic | None = None
         self.high: np.generic | None = None
         self.fed = 0
+        self.headroom, self.exponent = overflow_headroom(self.dtype, self.ftype, self.operators)
+        self.down = self.ftype.type(2.0**-self.exponent)
+        self.up = self.ftype.type(2.0**self.exponent)
+        self.scaled_from: int | None = None
 
     def feed(self, block: np.ndarray) -> Iterator[Slab]:
         """Take the next rows of the input; iterate over the output slabs they complete, in order."""
@@ -266,13 +346,17 @@ class InterpolatingEngine:
             raise NonFiniteError("the array holds NaN or infinite values")
         self.low = low if self.low is None else min(self.low, low)
         self.high = high if self.high is None else max(self.high, high)
+        if self.scaled_from is None and self.headroom is not None and max(-low, high) > self.headroom:
+            self._scale_down()
         start = self.fed
         self.fed += len(block)
-        if block.dtype == self.ftype and block.flags.c_contiguous:
+        if self.scaled_from is None and block.dtype == self.ftype and block.flags.c_contiguous:
             x = block
         else:
             x = self._array("in", block.shape)
             np.copyto(x, block, casting="unsafe")
+            if self.scaled_from is not None:
+                x *= self.down
         for turn, axis in enumerate(self.before):
             x = apply_axis(
                 x, axis, self.operators[axis], self._array(f"before{turn % 2}", self._resized(x, axis))
@@ -289,7 +373,31 @@ class InterpolatingEngine:
             y = apply_axis(
                 y, axis, self.operators[axis], self._array(f"after{turn % 2}", self._resized(y, axis))
             )
+        if self.scaled_from is not None and piece.start >= self.scaled_from:
+            self._scale_up(y)
         return Slab(piece.start, y)
+
+    def _scale_up(self, y: np.ndarray) -> None:
+        """Scale values computed scaled down back up, in place, saturating at the type's limits."""
+        limit = self.headroom
+        assert limit is not None  # values are scaled only beyond a headroom
+        np.clip(y, -limit, limit, out=y)  # what scales back to the type's largest value
+        y *= self.up
+
+    def _scale_down(self) -> None:
+        """Compute every output row still to come on values scaled down by ``2**exponent``.
+
+        Called before a slab beyond the headroom goes in: the rows the first axis's window holds are
+        scaled down with it. Pieces already handed out stay unscaled (they read no value beyond the
+        headroom), so :meth:`complete` tells the two apart by their first row.
+        """
+        window = self.window
+        if window is None:
+            self.scaled_from = self.fed
+        else:
+            tiles = window.tiles
+            self.scaled_from = tiles[window.next].lo if window.next < len(tiles) else self.shape[0]
+            window.buffer[: window.held] *= self.down
 
     def _flush(self, x: np.ndarray) -> None:
         """With `flush_tiny`, set the values of `x` smaller than :data:`TINY` to 0 (`x` is the engine's)."""
@@ -445,6 +553,10 @@ def resize(
     The computation type is float32 for inputs of up to 16-bit integers and for float16/float32, and
     float64 otherwise (:func:`computation_type`).
 
+    Values near the limits of the computation type are computed scaled down by a power of two, so that
+    nothing overflows (see the module's docstring); finite input gives finite output, and unclipped
+    values beyond the type's range saturate at its limits.
+
     Non-finite values (NaN, +-inf) do not spread: before interpolation each is replaced by its nearest
     finite neighbour, and each output sample whose nearest input sample is non-finite takes that value
     (:mod:`nidataset._nonfinite`). An axis whose size does not change is left untouched.
@@ -507,7 +619,17 @@ def resize(
         np.clip(result, engine.low, engine.high, out=result)
     if patch is not None:
         patch.restore(result, 0)
-    return result if output_dtype is None else cast(result, output_dtype)
+    if output_dtype is None:
+        return result
+    out = cast(result, output_dtype)
+    if clip and array.dtype.kind in "iu" and out.dtype.kind in "iu" and array.dtype.itemsize == 8:
+        # A 64-bit range is clipped above in float64, which rounds its limits (2**62 + 1 to 2**62, say):
+        # clip again, exactly, in the integer type.
+        low, high = engine.low, engine.high
+        assert low is not None and high is not None  # the engine has seen the whole array
+        info = np.iinfo(out.dtype)
+        np.clip(out, max(int(low.item()), info.min), min(int(high.item()), info.max), out=out)
+    return out
 
 
 def gather(
