@@ -4,8 +4,8 @@ Volumes are read as their stored values (``scl_slope``/``scl_inter`` are not app
 with the input's header, so scaled data keep their scaling and on-disk type. nibabel parses the header;
 the voxels are inflated by ISA-L (python-isal: 2-4 times faster than zlib, the same standard gzip),
 whole or a slab of slices at a time, and written back a slab at a time by :class:`SlabWriter`. Writes
-are atomic: the data go to a hidden temporary file in the destination folder, which is renamed over the
-final name once complete. :class:`MidPlanes` keeps the three mid-planes of slabs as they stream by, for
+are atomic (see :mod:`nidataset._atomic`, whose :func:`atomic_file` and :func:`remove_stale_temporaries`
+are also found here). :class:`MidPlanes` keeps the three mid-planes of slabs as they stream by, for
 previews.
 """
 
@@ -16,8 +16,6 @@ import io
 import itertools
 import math
 import os
-import secrets
-import socket
 import zlib
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ import nibabel as nib
 import numpy as np
 from isal import igzip, igzip_threaded, isal_zlib
 
+from ._atomic import atomic_file, remove_stale_temporaries
 from ._geometry import resized_affine, resized_zooms
 
 __all__ = [
@@ -61,8 +60,6 @@ _MAX_DEFLATE_RATIO = 1033
 #: Bytes decompressed at a time: gzip's readinto decompresses into a new bytes object and copies it,
 #: so the chunk stays below glibc's 128 KiB mmap threshold (larger ones are mapped and faulted afresh).
 _CHUNK = 1 << 16
-#: This machine's name, in the names of temporary files (see :func:`atomic_file`).
-_HOST = socket.gethostname()
 
 
 class InvalidVolumeError(ValueError):
@@ -446,73 +443,3 @@ class MidPlanes:
             raise ValueError(f"only {self.done} of {self.shape[2]} slices were seen")
         scaled = {0: self._sagittal.T, 1: self._coronal.T, 2: self._axial.T}
         return {axis: plane.astype(np.float64) * self.slope + self.inter for axis, plane in scaled.items()}
-
-
-@contextlib.contextmanager
-def atomic_file(path: str) -> Iterator[BinaryIO]:
-    """Open a hidden temporary file beside `path` for writing; rename it to `path` once complete.
-
-    The temporary file is named ``.<name>.<host>.<pid>.<random>.tmp``: hidden, never ending in ``.nii.gz``,
-    and telling which process on which machine writes it. If the block fails it is deleted.
-    """
-    directory, name = os.path.split(path)
-    temp = os.path.join(directory, f".{name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            yield raw
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def remove_stale_temporaries(folder: str) -> int:
-    """Delete the temporary files in `folder` left by writers on this machine that no longer run.
-
-    A writer killed mid-write leaves its hidden temporary file behind (never a partial output). Files of
-    running processes, and of other machines sharing the folder, are left alone. Returns how many
-    were deleted.
-    """
-    if os.name != "posix":
-        return 0
-    removed = 0
-    try:
-        entries = os.scandir(folder)
-    except (FileNotFoundError, NotADirectoryError):
-        return 0
-    with entries:
-        for entry in entries:
-            if _orphaned(entry.name):
-                try:
-                    os.unlink(entry.path)
-                    removed += 1
-                except FileNotFoundError:
-                    pass
-    return removed
-
-
-def _orphaned(name: str) -> bool:
-    """Whether `name` is a temporary file of :func:`atomic_file` left by a dead process of this machine."""
-    if not (name.startswith(".") and name.endswith(".tmp")):
-        return False
-    parts = name[: -len(".tmp")].rsplit(".", 2)  # ".<name>.<host>", pid, random
-    if len(parts) != 3 or not parts[1].isdigit():
-        return False
-    head, pid = parts[0], int(parts[1])
-    return head.endswith("." + _HOST) and len(head) > len(_HOST) + 2 and not _running(pid)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True

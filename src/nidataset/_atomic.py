@@ -1,0 +1,218 @@
+"""Atomic writes, and the clearing of what killed writers left behind.
+
+A file is written to a hidden temporary file in its destination folder, renamed over its final name once
+complete. The temporary name is ``.<head>.<host>-<random>.tmp``: hidden, ending in ``.tmp`` (never in
+``.nii.gz``), `<host>` four hex digits of this machine's name and `<random>` six more; `<head>` is as much
+of the final name as keeps the temporary name no longer than the final one (17 characters for final
+names shorter than that), so any name the file system accepts can be written.
+
+On POSIX systems the writer holds an exclusive lock (``flock``) on its temporary file from the moment it
+creates it until it has renamed or deleted it. :func:`remove_stale_temporaries` deletes a temporary file
+only when it can take that lock itself, and deletes it while holding it: only once the writer is gone
+(killed), whatever its process id and whichever container it ran in. It touches only the files named by
+this machine (where a network file system does not share locks between machines, another machine's
+writer would look gone). Elsewhere (Windows) nothing is locked and nothing is ever deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import socket
+import threading
+import zlib
+from collections.abc import Iterator
+from typing import BinaryIO
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover  # not POSIX: no locks, no clearing
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["atomic_file", "remove_stale_temporaries", "temporary_name"]
+
+#: Four hex digits of this machine's name, in the names of its temporary files.
+_HOST_TAG = f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFF:04x}"
+#: The end of a temporary name: ``.<host>-<random>.tmp``.
+_TAIL = re.compile(r"\.([0-9a-f]{4})-[0-9a-f]{6}\.tmp\Z")
+#: How much longer than its head a temporary name is: the leading dot and the tail.
+_OVERHEAD = len(".") + len(".0000-000000.tmp")
+#: The names of earlier versions' temporary files: ``.<name>.<host>.<pid>.<random>.tmp``.
+_FORMER = re.compile(r"\.(?P<head>.+)\.(?P<pid>[0-9]+)\.[^.]+\.tmp\Z", re.DOTALL)
+#: The temporary files this process is writing, as (device, inode): where locks are per process (NFS),
+#: a writer's lock would not keep this process's own clearing away.
+_WRITING: set[tuple[int, int]] = set()
+_WRITING_LOCK = threading.Lock()
+
+
+def temporary_name(name: str) -> str:
+    """Return a new hidden temporary name for a file named `name`, no longer than it (or 17 characters).
+
+    Examples
+    --------
+    >>> name = temporary_name("scan_001_resampled.nii.gz")
+    >>> name[:10], name[-4:], len(name)
+    ('.scan_001.', '.tmp', 25)
+    """
+    head = name[: max(0, len(name) - _OVERHEAD)]  # a character is at least a byte: bytes shrink as much
+    return f".{head}.{_HOST_TAG}-{secrets.token_hex(3)}.tmp"
+
+
+@contextlib.contextmanager
+def atomic_file(path: str) -> Iterator[BinaryIO]:
+    """Open a hidden temporary file beside `path` for writing; rename it to `path` once complete.
+
+    The temporary file is locked from its creation until it has been renamed or, if the block fails,
+    deleted (see the module's description).
+    """
+    directory, name = os.path.split(path)
+    fd, temp, key = _create(directory, name)
+    try:
+        with os.fdopen(fd, "wb") as raw:  # closing it releases the lock: after the rename or the deletion
+            try:
+                yield raw
+                raw.flush()
+                os.fsync(raw.fileno())
+                os.replace(temp, path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+                raise
+    finally:
+        with _WRITING_LOCK:
+            _WRITING.discard(key)
+
+
+def _create(directory: str, name: str) -> tuple[int, str, tuple[int, int]]:
+    """Create and lock a new temporary file for `name` in `directory`: its descriptor, path and key."""
+    for _ in range(100):
+        temp = os.path.join(directory, temporary_name(name))
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        key = _key(os.fstat(fd))
+        try:
+            with _WRITING_LOCK:
+                _WRITING.add(key)
+            if _lock(fd, wait=True) and not _same_file(fd, temp):
+                # A clearing took the lock between the creation and ours, and deleted the file: again.
+                with _WRITING_LOCK:
+                    _WRITING.discard(key)
+                os.close(fd)
+                continue
+        except BaseException:
+            with _WRITING_LOCK:
+                _WRITING.discard(key)
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+        return fd, temp, key
+    raise FileExistsError(f"no free temporary name for '{os.path.join(directory, name)}'")  # pragma: no cover
+
+
+def remove_stale_temporaries(folder: str) -> int:
+    """Delete the temporary files in `folder` whose writer is gone; return how many were deleted.
+
+    A writer killed mid-write leaves its hidden temporary file behind (never a partial output). A file is
+    deleted only if this machine named it and its writer's lock can be taken (see the module's
+    description); temporary files of earlier versions, which were not locked, only if their name also
+    gives this machine and a process that no longer runs. Nothing is deleted where there are no locks.
+    """
+    if fcntl is None:  # pragma: no cover
+        return 0
+    removed = 0
+    try:
+        entries = os.scandir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    with entries:
+        for entry in entries:
+            if not _ours(entry.name) or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                key = _key(entry.stat(follow_symlinks=False))
+            except FileNotFoundError:
+                continue
+            with _WRITING_LOCK:
+                if key in _WRITING:
+                    continue  # this process is writing it
+            if _remove_unlocked(entry.path):
+                removed += 1
+    return removed
+
+
+def _ours(name: str) -> bool:
+    """Whether `name` is the name of a temporary file this machine's writers may have left."""
+    if not name.startswith("."):
+        return False
+    if match := _TAIL.search(name):
+        return match.group(1) == _HOST_TAG
+    former = _FORMER.fullmatch(name)
+    host = socket.gethostname()
+    return (
+        former is not None
+        and former["head"].endswith("." + host)
+        and len(former["head"]) > len(host) + 1
+        and not _running(int(former["pid"]))
+    )
+
+
+def _remove_unlocked(path: str) -> bool:
+    """Delete the file at `path` if its lock can be taken, while holding it; whether it was deleted."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)  # NFS locks want it open for writing
+    except OSError:  # gone, someone else's, or not a plain file
+        return False
+    try:
+        if not _lock(fd, wait=False) or not _same_file(fd, path):
+            return False
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _lock(fd: int, wait: bool) -> bool:
+    """Take the exclusive lock of the open file `fd`; whether it was taken.
+
+    Without `wait`, a lock held elsewhere is not waited for. False also where the file system has no locks.
+    """
+    if fcntl is None:  # pragma: no cover
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held elsewhere (EWOULDBLOCK), or no locks here (ENOLCK, EOPNOTSUPP...)
+        return False
+    return True
+
+
+def _key(status: os.stat_result) -> tuple[int, int]:
+    return status.st_dev, status.st_ino
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """Whether `path` still names the file open as `fd`."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return _key(named) == _key(os.fstat(fd))
+
+
+def _running(pid: int) -> bool:
+    """Whether a process `pid` runs on this machine (or in this container)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    except OverflowError:  # not a process id at all
+        return False
+    return True
