@@ -1,17 +1,19 @@
-"""NIfTI reading and writing: the only module that knows about files and headers.
+"""NIfTI reading and writing: the only module that knows about NIfTI files and headers.
 
 Volumes are read as their stored values (``scl_slope``/``scl_inter`` are not applied) and written back
-with the input's header, so scaled data keep their scaling and on-disk type. nibabel parses the header;
-the voxels are inflated by ISA-L (python-isal: 2-4 times faster than zlib, the same standard gzip),
-whole or a slab of slices at a time, and written back a slab at a time by :class:`SlabWriter`. Writes
-are atomic (see :mod:`nidataset._atomic`, whose :func:`atomic_file` and :func:`remove_stale_temporaries`
-are also found here). :class:`MidPlanes` keeps the three mid-planes of slabs as they stream by, for
-previews.
+with the input's header, so scaled data keep their scaling and on-disk type. Each header is first checked
+field by field from its raw bytes, so that a hostile file fails with its reason in plain words, naming
+it, before anything it describes is allocated; nibabel then parses it. The voxels are inflated by ISA-L
+(python-isal: 2-4 times faster than zlib, the same standard gzip), whole or a slab of slices at a time,
+and written back a slab at a time by :class:`SlabWriter`. Writes are atomic (see
+:mod:`nidataset._atomic`, whose :func:`atomic_file` and :func:`remove_stale_temporaries` are also
+found here). :class:`MidPlanes` keeps the three mid-planes of slabs as they stream by, for previews.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import itertools
 import math
@@ -25,6 +27,8 @@ from typing import Any, BinaryIO, Literal
 import nibabel as nib
 import numpy as np
 from isal import igzip, igzip_threaded, isal_zlib
+from nibabel.nifti1 import data_type_codes
+from nibabel.spatialimages import HeaderDataError
 
 from ._atomic import atomic_file, remove_stale_temporaries
 from ._geometry import resized_affine, resized_zooms
@@ -37,7 +41,9 @@ __all__ = [
     "SlabWriter",
     "Source",
     "atomic_file",
+    "largest_size",
     "open_volume",
+    "output_header",
     "output_name",
     "prefix",
     "preview_name",
@@ -60,13 +66,21 @@ _MAX_DEFLATE_RATIO = 1033
 #: Bytes decompressed at a time: gzip's readinto decompresses into a new bytes object and copies it,
 #: so the chunk stays below glibc's 128 KiB mmap threshold (larger ones are mapped and faulted afresh).
 _CHUNK = 1 << 16
+#: The NIfTI formats read, by version: header class, header size, first byte the voxels may start at.
+_FORMATS: dict[int, tuple[type[nib.Nifti1Header], int, int]] = {
+    1: (nib.Nifti1Header, 348, 352),
+    2: (nib.Nifti2Header, 540, 544),
+}
+#: More header extensions than any real file holds (one or two): beyond, the file is refused.
+_MAX_EXTENSIONS = 4096
 
 
 class InvalidVolumeError(ValueError):
     """A file that is not a readable 3D NIfTI volume of a supported type."""
 
 
-#: What reading a damaged or foreign file raises (beyond missing files and permissions).
+#: What reading a damaged or foreign file raises (an OSError without an error number, such as gzip's
+#: BadGzipFile; one with a number is a failure of the device, raised as such).
 READ_ERRORS: tuple[type[BaseException], ...] = (  # type: ignore[assignment]  # isal types error as an instance
     OSError,
     EOFError,
@@ -74,6 +88,7 @@ READ_ERRORS: tuple[type[BaseException], ...] = (  # type: ignore[assignment]  # 
     zlib.error,
     isal_zlib.error,
     nib.filebasedimages.ImageFileError,
+    HeaderDataError,
 )
 
 
@@ -135,17 +150,23 @@ def preview_name(path: str | os.PathLike[str]) -> str:
 def open_volume(path: str) -> Source:
     """Read and check the header of a 3D NIfTI volume; trailing singleton dimensions are dropped.
 
-    The header is checked before any voxel is read: a header that claims more voxel data than the file
-    holds fails without allocating the array it describes.
+    The header is checked before any voxel is read and before nibabel parses it, so that a hostile
+    header fails with its reason in plain words and without allocating what it describes: the number of
+    dimensions and their sizes, the data type, where the voxels start, the scaling, the voxel sizes and
+    orientation, the header extensions, and whether the file holds as many voxels as its header claims.
 
     Raises
     ------
     InvalidVolumeError
-        If the file cannot be parsed as NIfTI (corrupt, truncated, not NIfTI), is not 3D, holds a type
-        that cannot be resampled (complex, RGB), or claims more voxels than it holds. The message starts
-        with the file's path.
+        If the file cannot be parsed as NIfTI (corrupt, truncated, not NIfTI, a field out of range), is
+        not 3D, holds a type that cannot be resampled (complex, RGB), or claims more voxels than it holds.
+        The message starts with the file's path and says what is wrong.
+    OSError
+        If the device fails while the file is read (EIO, say): the error number is kept and the message
+        names the file. FileNotFoundError, PermissionError and IsADirectoryError as raised by ``open``.
     """
     with _read_errors(path):
+        offset = _check_header(path)
         image = nib.load(path)  # parses the header only
         if not isinstance(image, nib.Nifti1Image):  # Nifti2Image is a subclass
             raise InvalidVolumeError(f"'{path}' is not a NIfTI image (read as {type(image).__name__})")
@@ -156,17 +177,41 @@ def open_volume(path: str) -> Source:
         if (slope, inter) != (1.0, 0.0):
             header.set_slope_inter(slope, inter)
         shape = tuple(int(n) for n in header.get_data_shape())
-        dtype = header.get_data_dtype()
-        if len(shape) < 3 or any(n != 1 for n in shape[3:]):
-            raise InvalidVolumeError(f"'{path}' is not a 3D volume: its shape is {shape}")
-        if dtype.kind not in "iuf":
-            raise InvalidVolumeError(
-                f"'{path}' holds {dtype} voxels; only integer and real ones can be resampled"
-            )
-        offset = int(proxy.offset)  # the header nibabel returns has vox_offset reset to 0
-        _check_claimed_size(path, offset + math.prod(shape) * dtype.itemsize)
+        if int(proxy.offset) != offset:  # the header nibabel returns has vox_offset reset to 0
+            raise _invalid(path, f"nibabel reads its voxels from byte {int(proxy.offset)}, not {offset}")
     x, y, z = shape[:3]
-    return Source(path=path, header=header, shape=(x, y, z), dtype=dtype, offset=offset)
+    return Source(path=path, header=header, shape=(x, y, z), dtype=header.get_data_dtype(), offset=offset)
+
+
+def largest_size(header: nib.Nifti1Header) -> int:
+    """Return the most voxels along an axis that `header`'s format can hold (32,767 for NIfTI-1)."""
+    return int(np.iinfo(header["dim"].dtype).max)
+
+
+def output_header(source: Source, shape: Sequence[int], align: str = "origin") -> nib.Nifti1Header:
+    """Return the header of the output of `source` resized to `shape` (see :func:`resized_header`).
+
+    Raises
+    ------
+    ValueError
+        If `shape` cannot be written in a header of the input's format (NIfTI-1 sizes are 16-bit); the
+        message names the input file.
+    InvalidVolumeError
+        If the input's orientation cannot be resized (nibabel cannot decompose it); the message names the
+        input file. Non-finite voxel sizes and forms were refused when it was opened.
+    """
+    limit = largest_size(source.header)
+    if any(int(n) > limit for n in shape):
+        kind = "NIfTI-2" if isinstance(source.header, nib.Nifti2Header) else "NIfTI-1"
+        raise ValueError(
+            f"'{source.path}': cannot resample it to {_sizes(shape)} voxels: a {kind} file holds at most "
+            f"{limit:,} voxels along an axis"
+        )
+    try:
+        return resized_header(source.header, shape, align=align)
+    except (HeaderDataError, ValueError, np.linalg.LinAlgError) as err:
+        reason = f"its orientation (qform, sform, pixdim) cannot be used: {_one_line(err)}"
+        raise _invalid(source.path, reason) from err
 
 
 def read_stored(source: Source) -> np.ndarray:
@@ -214,13 +259,167 @@ def read_mid_planes(path: str) -> MidPlanes:
 
 @contextlib.contextmanager
 def _read_errors(path: str) -> Iterator[None]:
-    """Turn what reading a damaged or foreign file raises into an :class:`InvalidVolumeError`."""
+    """Turn what reading a damaged or foreign file raises into an :class:`InvalidVolumeError`.
+
+    An OSError with an error number (other than the missing file and permissions, raised as they are) is
+    the device failing, not the file's content: it is raised again as an OSError naming the file.
+    """
     try:
         yield
     except (InvalidVolumeError, FileNotFoundError, PermissionError, IsADirectoryError):
         raise
+    except OSError as err:
+        if err.errno is None:  # gzip's BadGzipFile and the like: the bytes are wrong
+            raise InvalidVolumeError(f"'{path}' is not a readable NIfTI file: {err}") from err
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, f"{err.strerror or err} while reading", path) from err
     except READ_ERRORS as err:
-        raise InvalidVolumeError(f"'{path}' is not a readable NIfTI file: {err}") from err
+        raise InvalidVolumeError(f"'{path}' is not a readable NIfTI file: {_one_line(err)}") from err
+
+
+def _invalid(path: str, reason: str) -> InvalidVolumeError:
+    return InvalidVolumeError(f"'{path}' is not a readable NIfTI file: {reason}")
+
+
+def _one_line(err: BaseException) -> str:
+    """Return the first line of `err`'s message, without a trailing colon (nibabel appends matrices)."""
+    lines = str(err).strip().splitlines()
+    return lines[0].rstrip(":") if lines else type(err).__name__
+
+
+def _sizes(shape: Sequence[int]) -> str:
+    return " x ".join(str(int(n)) for n in shape)
+
+
+def _check_header(path: str) -> int:
+    """Check the header of the file at `path` field by field, and its claimed size; return the voxels' offset.
+
+    Only the header, the extensions' own 8-byte headers and the gzip trailer are read (with the standard
+    library's gzip, which inflates no more than it is asked for; ISA-L's reader inflates 512 KiB ahead).
+    """
+    with gzip.open(path, "rb") as stream:
+        block = stream.read(_FORMATS[1][2])
+        version = _version(path, block)
+        klass, size, first = _FORMATS[version]
+        if len(block) < first:
+            block += stream.read(first - len(block))
+        if len(block) < size:
+            raise _invalid(path, f"it holds {len(block)} bytes, fewer than a NIfTI-{version} header's {size}")
+        header = _parse(path, klass, block[:size])
+        shape, dtype, offset = _check_fields(path, header, first)
+        _check_claimed_size(path, offset + math.prod(shape) * dtype.itemsize)
+        if len(block) > size and block[size] != 0:  # the first byte of the extension flag
+            _check_extensions(path, stream, header.endianness, first, offset)
+    return offset
+
+
+def _version(path: str, block: bytes) -> int:
+    """Which NIfTI version `block`, the start of a file, is the header of (as nibabel decides)."""
+    if len(block) >= 348 and block[344:348].rstrip(b"\0") in (b"n+1", b"ni1"):
+        return 1
+    if len(block) >= 4 and 540 in (int.from_bytes(block[:4], order) for order in ("little", "big")):
+        return 2
+    if len(block) < 348:
+        raise _invalid(path, f"it holds {len(block)} bytes, fewer than a NIfTI header's 348")
+    raise _invalid(path, "it does not start with a NIfTI-1 or NIfTI-2 header")
+
+
+def _parse(path: str, klass: type[nib.Nifti1Header], block: bytes) -> nib.Nifti1Header:
+    """Read the header in `block` in the byte order that gives 1 to 7 dimensions (as nibabel does)."""
+    headers = [klass(block, endianness=order, check=False) for order in ("<", ">")]
+    for header in headers:
+        if 1 <= int(header["dim"][0]) <= 7:
+            return header
+    stated = headers[1] if int(headers[1]["sizeof_hdr"]) == len(block) else headers[0]
+    raise _invalid(path, f"its number of dimensions (dim[0]) is {int(stated['dim'][0])}, not 1 to 7")
+
+
+def _check_fields(path: str, header: nib.Nifti1Header, first: int) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Check the fields of a raw `header`; return the voxels' shape, type and offset."""
+    shape = tuple(int(n) for n in header["dim"][1 : int(header["dim"][0]) + 1])
+    for axis, n in enumerate(shape, 1):
+        if n < 1:
+            raise _invalid(path, f"its size along axis {axis} (dim[{axis}]) is {n}, not a positive number")
+    code = int(header["datatype"])
+    if code not in data_type_codes.code:
+        raise _invalid(path, f"its data type code {code} is not a NIfTI data type")
+    label = data_type_codes.label[code]
+    known: Any = data_type_codes.dtype[code]
+    if known.itemsize == 0:  # nibabel knows it but cannot read it (binary, float128, complex256)
+        raise _invalid(
+            path, f"its voxel type, code {code} ({label}), is not supported: only integer and real types are"
+        )
+    if len(shape) < 3 or any(n != 1 for n in shape[3:]):
+        raise InvalidVolumeError(f"'{path}' is not a 3D volume: its shape is {shape}")
+    dtype = header.get_data_dtype()
+    if dtype.kind not in "iuf":
+        raise InvalidVolumeError(
+            f"'{path}' holds {label} voxels; only integer and real ones can be resampled"
+        )
+    stored = header["vox_offset"].item()
+    if not math.isfinite(stored) or stored != int(stored):
+        raise _invalid(path, f"its voxel data offset (vox_offset) is {stored}, not a byte position")
+    offset = int(stored)
+    if offset < first:
+        raise _invalid(
+            path, f"its voxels start at byte {offset} (vox_offset), within the {first}-byte header"
+        )
+    slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+    if slope != 0 and math.isfinite(slope) and not math.isfinite(inter):
+        raise _invalid(path, f"its scaling has a slope of {slope:g} but an intercept of {inter} (scl_inter)")
+    sizes = [float(v) for v in header["pixdim"][1:4]]
+    if not all(math.isfinite(v) for v in sizes):
+        raise _invalid(path, f"its voxel sizes (pixdim[1:4]) are {_floats(sizes)}, not all finite")
+    quaternion = [float(header[k]) for k in ("quatern_b", "quatern_c", "quatern_d")]
+    origin = [float(header[k]) for k in ("qoffset_x", "qoffset_y", "qoffset_z")]
+    if int(header["qform_code"]) > 0 and sum(v * v for v in quaternion) > 1 + 1e-6:
+        square = sum(v * v for v in quaternion)
+        raise _invalid(
+            path,
+            f"its qform is not a rotation: quatern_b/c/d {_floats(quaternion)} square to {square:g}, above 1",
+        )
+    if int(header["qform_code"]) > 0 and not all(math.isfinite(v) for v in quaternion + origin):
+        raise _invalid(
+            path,
+            f"its qform (quatern_b/c/d {_floats(quaternion)}, qoffset {_floats(origin)}) is not finite",
+        )
+    rows = np.array([header["srow_x"], header["srow_y"], header["srow_z"]], dtype=np.float64)
+    if int(header["sform_code"]) > 0 and not np.isfinite(rows).all():
+        raise _invalid(path, "its sform (srow_x/y/z) holds values that are not finite")
+    return shape, dtype, offset
+
+
+def _floats(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def _check_extensions(path: str, stream: gzip.GzipFile, endianness: str, start: int, offset: int) -> None:
+    """Check that the header extensions from byte `start` (where `stream` is) end by the voxels' `offset`.
+
+    Each extension starts with its size and code (int32); as nibabel reads them, extensions follow one
+    another while 16 bytes or more remain before the voxels. Only their sizes are read.
+    """
+    order: Literal["little", "big"] = "big" if endianness == ">" else "little"
+    position, count = start, 0
+    while offset - position >= 16:
+        head = stream.read(8)
+        if len(head) < 8:
+            raise _invalid(path, f"it ends inside the header extension at byte {position:,}")
+        size = int.from_bytes(head[:4], order, signed=True)
+        if size < 8:
+            raise _invalid(path, f"its header extension at byte {position:,} has a size of {size}, below 8")
+        if position + size > offset:
+            raise _invalid(
+                path,
+                f"its header extension at byte {position:,} is {size:,} bytes long, past the start of its "
+                f"voxels at byte {offset:,}",
+            )
+        count += 1
+        if count > _MAX_EXTENSIONS:
+            raise _invalid(path, f"it has more than {_MAX_EXTENSIONS:,} header extensions")
+        position += size
+        stream.seek(position)
 
 
 @contextlib.contextmanager
@@ -413,6 +612,7 @@ class MidPlanes:
     def __init__(self, header: nib.Nifti1Header):
         self.shape = tuple(int(n) for n in header.get_data_shape()[:3])
         self.zooms = tuple(float(z) for z in header.get_zooms()[:3])
+        self.affine = header.get_best_affine()  # for the preview's anatomical planes
         slope, inter = header.get_slope_inter()
         self.slope = 1.0 if slope is None else float(slope)
         self.inter = 0.0 if inter is None else float(inter)

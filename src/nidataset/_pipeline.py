@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import os
 import queue
 import threading
@@ -90,6 +91,18 @@ def resample_file(
     -------
     str
         Path of the output.
+
+    Raises
+    ------
+    InvalidVolumeError
+        If the input is not a readable 3D NIfTI volume (see :func:`nidataset._nifti.open_volume`).
+    ValueError
+        If `shape` cannot be written in the input's NIfTI format (NIfTI-1: 32,767 voxels per axis).
+    MemoryError
+        If what the run holds cannot be allocated: the message names the file, the sizes and about how
+        much memory they need.
+    OSError
+        If a file cannot be read or written (the device fails, the disk is full...).
     """
     target = os.path.join(folder, _nifti.output_name(path))
     picture = os.path.join(folder, _nifti.preview_name(path))
@@ -99,15 +112,37 @@ def resample_file(
             _draw(path, target, _nifti.read_mid_planes(path), _nifti.read_mid_planes(target), picture)
         return target
     source = _nifti.open_volume(path)
-    header = _nifti.resized_header(source.header, shape, align=options.align)
-    taps = _Taps(source, header) if options.preview else None
+    header = _nifti.output_header(source, shape, align=options.align)
     _make_folder(folder)
-    with one_blas_thread():
-        _Run(source, header, target, options, threads, slab_values, taps).go()
+    try:
+        taps = _Taps(source, header) if options.preview else None
+        with one_blas_thread():
+            _Run(source, header, target, options, threads, slab_values, taps).go()
+    except MemoryError as err:
+        raise MemoryError(_out_of_memory(source, shape, options, slab_values)) from err
     logger.info("resampled %s %s -> %s %s", path, source.shape, target, shape)
     if taps is not None:
         _draw(path, target, taps.original, taps.resampled, picture)
     return target
+
+
+def _out_of_memory(
+    source: _nifti.Source, shape: tuple[int, int, int], options: Options, slab_values: int
+) -> str:
+    """Say that resampling `source` to `shape` ran out of memory, and about how much it needs."""
+    itemsize = source.dtype.itemsize
+    if options.order is None or options.order == 0:  # nothing held whole
+        held, what = 0, "slabs of whole slices"
+    elif math.prod(shape) <= math.prod(source.shape):
+        held, what = math.prod(shape) * itemsize, f"the output held whole as {source.dtype.name}"
+    else:
+        held, what = math.prod(source.shape) * itemsize, f"the input held whole as {source.dtype.name}"
+    plane = max(source.shape[0] * source.shape[1], shape[0] * shape[1], slab_values)
+    needed = held + 4 * plane * 8  # and a few slabs of values (float64 at most) beside it
+    return (
+        f"'{source.path}': not enough memory to resample it from {_sizes(source.shape)} to {_sizes(shape)} "
+        f"voxels: that needs about {_bytes(needed)} ({what})"
+    )
 
 
 class _Taps:
@@ -374,6 +409,14 @@ def _draw(path: str, target: str, original: Any, resampled: Any, picture: str) -
     from ._preview import write_preview  # matplotlib: only when a preview is asked for
 
     write_preview(original, resampled, picture, names=(os.path.basename(path), os.path.basename(target)))
+
+
+def _sizes(shape: tuple[int, ...]) -> str:
+    return " x ".join(str(n) for n in shape)
+
+
+def _bytes(count: int) -> str:
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
 
 
 def _make_folder(folder: str) -> None:
