@@ -4,6 +4,8 @@
   Parameters, Returns, Raises, Notes, Examples), so an API page can follow the layout of nidataset's
   function pages while its text comes from the docstring. The Summary section also checks the docstring
   against the signature (numpydoc's validation): a parameter missing from either is a build warning.
+- ``.. readme-table:: SECTION`` shows a table of a README.md section (the benchmark figures), converted
+  from Markdown at build time, so that the figures have one source.
 - ``.. command-help:: [SUBCOMMAND]`` prints the ``--help`` of the command, from ``nidataset.cli``'s parser.
 - ``.. console-example::`` shows shell commands (``$ nidataset ...``) with their output; the doctest
   builder runs them in the example folder and compares the output.
@@ -147,6 +149,68 @@ def signature_only(app, what, name, obj, options, lines) -> None:
     """Leave out the docstrings whose sections the page renders itself: autodoc shows the signature."""
     if name in app.config.nidataset_sectioned:
         del lines[:]
+
+
+# -- Figures quoted from README.md ----------------------------------------------------------------------
+
+
+def _inline(markdown: str) -> str:
+    """Turn a Markdown table cell into reST: `code` becomes ``code``, reST's markup characters are escaped."""
+    parts = markdown.split("`")
+    if len(parts) % 2 == 0:
+        raise ValueError(f"unbalanced backquotes in {markdown!r}")
+    text = []
+    for i, part in enumerate(parts):
+        if i % 2:
+            text.append(f"``{part}``" if part else "")
+        else:
+            text.append("".join("\\" + c if c in "\\*_|<>[]" else c for c in part))
+    cell = "".join(text).strip()
+    # A cell that starts like a list item, a section underline or a field would not be a paragraph.
+    return "\\" + cell if cell[:1] in ("-", "+", "=", "#", ":") else cell
+
+
+def readme_tables(title: str) -> list[list[list[str]]]:
+    """Return the Markdown tables of the README section `title`, as rows of cells (reST inline text)."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    heading = f"## {title}"
+    if heading not in lines:
+        raise ValueError(f"README.md has no section {heading!r}")
+    tables: list[list[list[str]]] = []
+    previous = ""
+    for line in lines[lines.index(heading) + 1 :]:
+        if line.startswith("## "):
+            break
+        if line.startswith("|"):
+            if not previous.startswith("|"):
+                tables.append([])
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if not all(set(cell) <= set("-: ") for cell in cells):
+                tables[-1].append([_inline(cell) for cell in cells])
+        previous = line
+    return tables
+
+
+class ReadmeTable(SphinxDirective):
+    """Show one table of a README.md section (``:index:``, from 1), so that its figures have one source."""
+
+    required_arguments = 1
+    final_argument_whitespace = True
+    option_spec: ClassVar = {"index": directives.positive_int, "widths": directives.unchanged}
+
+    def run(self) -> list[nodes.Node]:
+        """Return the table, parsed from the README; the page is rebuilt when the README changes."""
+        self.env.note_dependency(str(ROOT / "README.md"))
+        try:
+            tables = readme_tables(self.arguments[0])
+            header, *rows = tables[self.options.get("index", 1) - 1]
+        except (ValueError, IndexError) as err:
+            raise self.error(f"README table: {err}") from None
+        widths = [int(w) for w in self.options.get("widths", "").split()] or [1] * len(header)
+        container = nodes.container()
+        lines = _table(header, rows, widths)
+        self.state.nested_parse(StringList(lines, source="README.md"), self.content_offset, container)
+        return container.children
 
 
 # -- CLI reference --------------------------------------------------------------------------------------
@@ -383,6 +447,7 @@ def setup(app: Sphinx) -> dict:
     app.add_config_value("nidataset_sectioned", set(), "env")
     app.add_directive("docstring-section", DocstringSection)
     app.add_directive("command-help", CommandHelp)
+    app.add_directive("readme-table", ReadmeTable)
     app.add_directive("console-example", ConsoleExample)
     app.connect("autodoc-process-docstring", signature_only, priority=400)
     app.connect("builder-inited", make_demo_pictures)
