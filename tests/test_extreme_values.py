@@ -355,18 +355,32 @@ def test_files_at_the_limits(tmp_path, dtype, shapes, rng):
                         assert np.abs(got.astype(np.float64) - np.rint(expected)).max() <= rtol * peak(x) + 1
 
 
+#: Files whose z axis (the slabs') is long enough for output slabs to leave before the limits come in.
+LONG = {
+    "long down": ((6, 5, 200), (7, 4, 50)),  # the output held: pieces cast as they come
+    "long up": ((6, 5, 100), (9, 7, 230)),  # the input held: pieces completed on other threads
+}
+
+
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("shapes", ["down", "up", "mixed"])
+@pytest.mark.parametrize("shapes", [*SHAPES, *LONG])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_files_scaled_mid_stream(tmp_path, dtype, shapes, threads, rng):
-    # Small slabs: the sentinel arrives after ordinary slabs, while earlier pieces are still completed on
-    # other threads.
-    old, new = SHAPES[shapes]
+def test_files_scaled_mid_stream(tmp_path, dtype, shapes, threads, rng, monkeypatch):
+    # Small slabs: the limits arrive after ordinary slabs, when some output rows may have left already.
+    old, new = {**SHAPES, **LONG}[shapes]
     x = rng.uniform(-1000, 1000, old).astype(dtype)  # the first slabs (along z) ordinary, then the limits
     half = old[2] // 2
     x[..., half:] = pattern("checkerboard", old, dtype, rng)[..., half:]
     x[::3, :, -1] = np.finfo(dtype).min
     src = write(tmp_path / "in.nii.gz", x)
+    switched = []
+    scale_down = InterpolatingEngine._scale_down
+
+    def spy(engine):
+        scale_down(engine)
+        switched.append(engine.scaled_from)
+
+    monkeypatch.setattr(InterpolatingEngine, "_scale_down", spy)
     for interpolation in ("bspline", "linear"):
         options = Options(interpolation=interpolation)
         out = resample_file(
@@ -376,6 +390,9 @@ def test_files_scaled_mid_stream(tmp_path, dtype, shapes, threads, rng):
         assert_finite_in_range(got, x)
         expected = oracle(x, new, 3 if interpolation == "bspline" else 1)
         np.testing.assert_allclose(got, expected, rtol=0, atol=RTOL[dtype] * peak(x))
+    assert len(switched) == 2
+    if shapes in LONG:
+        assert all(row > 0 for row in switched)  # output rows computed unscaled, then scaled ones
 
 
 def test_file_with_nan_and_sentinel(tmp_path, rng):
