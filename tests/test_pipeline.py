@@ -3,7 +3,9 @@ from any thread, previews without a second read, and memory bounded by the small
 output."""
 
 import hashlib
+import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -162,3 +164,68 @@ def test_preview_of_a_volume_with_nan_found_midway(tmp_path, rng, size):
     out = _pipeline.resample_file(src, str(tmp_path / "out"), size, Options(preview=True), slab_values=SLAB)
     np.testing.assert_array_equal(stored(out), resize(data, size, output_dtype=np.float32))
     assert (tmp_path / "out" / "nan_preview.png").is_file()
+
+
+def test_skip_existing_keeps_an_output_that_matches_the_request(volume, tmp_path, caplog):
+    src, _ = volume
+    out = _pipeline.resample_file(src, str(tmp_path / "out"), (9, 8, 7), Options())
+    before = os.stat(out)
+    with caplog.at_level(logging.INFO, logger="nidataset"):
+        again = _pipeline.resample_file(src, str(tmp_path / "out"), (9, 8, 7), Options(), skip_existing=True)
+    assert again == out
+    assert (os.stat(out).st_ino, os.stat(out).st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert [r.getMessage() for r in caplog.records] == [f"kept {out}"]
+
+
+def big_endian(path, data):
+    """Write `data` with a big-endian header and voxels (nibabel writes in the header's byte order)."""
+    header = nib.Nifti1Header(endianness=">")
+    header.set_data_dtype(data.dtype)
+    image = nib.Nifti1Image(data, np.eye(4), header)
+    nib.save(image, path)
+    assert _nifti.open_volume(str(path)).dtype == np.dtype(data.dtype).newbyteorder(">")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("existing", "reason"),
+    [
+        ("shape", r"its shape is \(9, 8, 6\), not \(9, 8, 7\)"),
+        ("type", r"its data type is <f4, not <i2"),
+        ("byte order", r"its data type is >i2, not <i2"),
+        ("unreadable", r"it cannot be read \('.*v_resampled.nii.gz' is not a readable NIfTI file"),
+    ],
+)
+def test_skip_existing_redoes_an_output_that_does_not_match(volume, tmp_path, caplog, existing, reason):
+    src, data = volume
+    folder = tmp_path / "out"
+    target = folder / "v_resampled.nii.gz"
+    folder.mkdir()
+    if existing == "shape":
+        write_nifti(target, np.zeros((9, 8, 6), np.int16))
+    elif existing == "type":
+        write_nifti(target, np.zeros((9, 8, 7), np.float32))
+    elif existing == "byte order":
+        big_endian(target, np.zeros((9, 8, 7), np.int16))
+    else:
+        target.write_bytes(b"\x1f\x8b a killed copy, not ours")
+    with caplog.at_level(logging.INFO, logger="nidataset"):
+        out = _pipeline.resample_file(src, str(folder), (9, 8, 7), Options(), skip_existing=True)
+    np.testing.assert_array_equal(stored(out), resize(data, (9, 8, 7), output_dtype=np.int16))
+    assert stored(out).dtype == np.dtype("<i2")
+    fresh = _pipeline.resample_file(src, str(tmp_path / "fresh"), (9, 8, 7), Options())
+    assert digest(out) == digest(fresh)
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert messages[0].startswith(f"redoing {out}: ") and re.search(reason, messages[0]), messages
+    assert messages[1].startswith("resampled ")
+
+
+def test_skip_existing_compares_with_a_big_endian_input(tmp_path, rng):
+    # The type this run writes is the input's stored type, byte order included.
+    data = rng.integers(-1000, 1000, (12, 10, 8)).astype(np.int16)
+    src = big_endian(tmp_path / "be.nii.gz", data)
+    out = _pipeline.resample_file(src, str(tmp_path / "out"), (6, 5, 4), Options())
+    assert _nifti.open_volume(out).dtype == np.dtype(">i2")
+    before = os.stat(out)
+    _pipeline.resample_file(src, str(tmp_path / "out"), (6, 5, 4), Options(), skip_existing=True)
+    assert os.stat(out).st_mtime_ns == before.st_mtime_ns

@@ -82,7 +82,9 @@ def resample_file(
         (the compressor's thread only works while the caller waits for it); 2 or more read ahead and
         compress beside the computation.
     skip_existing : bool
-        Keep an output that already exists (and draw its missing preview, if one is asked for).
+        Keep an output that already exists if its header matches the request: the asked shape and the
+        input's stored type, byte order included (and draw its missing preview, if one is asked for). An
+        output that does not match, or cannot be read, is written again (logged at INFO).
     slab_values : int
         About how many values a slab holds. The default makes the output independent of the number of
         threads; other sizes can change the last bits of float rounding (BLAS picks kernels by size).
@@ -106,13 +108,16 @@ def resample_file(
     """
     target = os.path.join(folder, _nifti.output_name(path))
     picture = os.path.join(folder, _nifti.preview_name(path))
-    if skip_existing and os.path.isfile(target):
-        logger.info("kept %s", target)
-        if options.preview and not os.path.isfile(picture):
-            _draw(path, target, _nifti.read_mid_planes(path), _nifti.read_mid_planes(target), picture)
-        return target
     source = _nifti.open_volume(path)
     header = _nifti.output_header(source, shape, align=options.align)
+    if skip_existing and os.path.isfile(target):
+        mismatch = _mismatch(target, shape, source.dtype)
+        if mismatch is None:
+            logger.info("kept %s", target)
+            if options.preview and not os.path.isfile(picture):
+                _draw(path, target, _nifti.read_mid_planes(path), _nifti.read_mid_planes(target), picture)
+            return target
+        logger.info("redoing %s: %s", target, mismatch)
     _make_folder(folder)
     try:
         taps = _Taps(source, header) if options.preview else None
@@ -124,6 +129,20 @@ def resample_file(
     if taps is not None:
         _draw(path, target, taps.original, taps.resampled, picture)
     return target
+
+
+def _mismatch(target: str, shape: tuple[int, int, int], dtype: np.dtype) -> str | None:
+    """Say why the existing output `target` is not what this run would write (None if it is)."""
+    try:
+        existing = _nifti.open_volume(target)
+    except (ValueError, OSError) as err:  # InvalidVolumeError is a ValueError
+        return f"it cannot be read ({err})"
+    asked = tuple(int(n) for n in shape)
+    if existing.shape != asked:
+        return f"its shape is {existing.shape}, not {asked}"
+    if existing.dtype != dtype:
+        return f"its data type is {existing.dtype.str}, not {dtype.str}"
+    return None
 
 
 def _out_of_memory(
