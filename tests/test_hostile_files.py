@@ -54,10 +54,10 @@ def extension(size, room=16):
 
 HOSTILE = {
     # name: (header fields, extension bytes, the reason the message must give)
-    "datatype 0": ([("datatype", 0)], None, r"its voxel type, code 0 \(none\), is not supported"),
-    "datatype 1": ([("datatype", 1)], None, r"its voxel type, code 1 \(binary\), is not supported"),
-    "datatype 1536": ([("datatype", 1536)], None, r"code 1536 \(float128\), is not supported"),
-    "datatype 2048": ([("datatype", 2048)], None, r"code 2048 \(complex256\), is not supported"),
+    "datatype 0": ([("datatype", 0)], None, r"its voxel type \(datatype 0, none\) is not supported"),
+    "datatype 1": ([("datatype", 1)], None, r"its voxel type \(datatype 1, binary\) is not supported"),
+    "datatype 1536": ([("datatype", 1536)], None, r"\(datatype 1536, float128\) is not supported"),
+    "datatype 2048": ([("datatype", 2048)], None, r"\(datatype 2048, complex256\) is not supported"),
     "datatype 9999": ([("datatype", 9999)], None, r"its data type code 9999 is not a NIfTI data type"),
     "vox_offset 100": (
         [("vox_offset", 100)],
@@ -281,7 +281,7 @@ def test_an_output_too_large_for_memory_names_the_file_and_what_it_needs(tmp_pat
     assert done.returncode == 0, done.stderr
     kind, message = done.stdout.strip().split("\n")
     assert kind == "builtins MemoryError", done.stdout  # not numpy's _ArrayMemoryError
-    assert message.startswith(f"'{path}': not enough memory to resample it"), message
+    assert message.startswith(f"not enough memory to resample '{path}' from "), message
     assert "1600 x 1600 x 1600" in message and "1500 x 1500 x 1500" in message, message
     needed = float(re.search(r"needs about ([\d.]+) GiB", message).group(1))
     assert 1500**3 * 2 / 2**30 <= needed < 2 * 1500**3 * 2 / 2**30, message

@@ -204,7 +204,7 @@ def output_header(source: Source, shape: Sequence[int], align: str = "origin") -
     if any(int(n) > limit for n in shape):
         kind = "NIfTI-2" if isinstance(source.header, nib.Nifti2Header) else "NIfTI-1"
         raise ValueError(
-            f"'{source.path}': cannot resample it to {_sizes(shape)} voxels: a {kind} file holds at most "
+            f"'{source.path}' cannot be resampled to {_sizes(shape)} voxels: a {kind} file holds at most "
             f"{limit:,} voxels along an axis"
         )
     try:
@@ -348,7 +348,8 @@ def _check_fields(path: str, header: nib.Nifti1Header, first: int) -> tuple[tupl
     known: Any = data_type_codes.dtype[code]
     if known.itemsize == 0:  # nibabel knows it but cannot read it (binary, float128, complex256)
         raise _invalid(
-            path, f"its voxel type, code {code} ({label}), is not supported: only integer and real types are"
+            path,
+            f"its voxel type (datatype {code}, {label}) is not supported; only integer and real types are",
         )
     if len(shape) < 3 or any(n != 1 for n in shape[3:]):
         raise InvalidVolumeError(f"'{path}' is not a 3D volume: its shape is {shape}")

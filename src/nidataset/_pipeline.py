@@ -159,8 +159,8 @@ def _out_of_memory(
     plane = max(source.shape[0] * source.shape[1], shape[0] * shape[1], slab_values)
     needed = held + 4 * plane * 8  # and a few slabs of values (float64 at most) beside it
     return (
-        f"'{source.path}': not enough memory to resample it from {_sizes(source.shape)} to {_sizes(shape)} "
-        f"voxels: that needs about {_bytes(needed)} ({what})"
+        f"not enough memory to resample '{source.path}' from {_sizes(source.shape)} to {_sizes(shape)} "
+        f"voxels: it needs about {_bytes(needed)} ({what})"
     )
 
 
