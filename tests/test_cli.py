@@ -352,16 +352,17 @@ def test_single_file_errors_are_one_line(scans, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(_pipeline, "_Run", fail)
     assert main(["resample", str(scans / "a.nii.gz"), str(tmp_path / "out"), "--size", "4", "4", "4"]) == 1
-    assert capsys.readouterr().err == (
-        f"nidataset: failed: {scans}/a.nii.gz: something no one foresaw\n"
-    )
+    assert capsys.readouterr().err == (f"nidataset: failed: {scans}/a.nii.gz: something no one foresaw\n")
 
 
 @pytest.mark.parametrize(
     ("output", "message"),
     [
         ("nodir/sub/a.png", "the folder of '{tmp}/nodir/sub/a.png' does not exist"),
-        ("a.jpg", "the picture is written as PNG: -o must end in .png, got '{tmp}/a.jpg'"),
+        (
+            "a.gif",
+            "-o must end in one of .png, .pdf, .svg, .jpg, .jpeg (the picture's format), got '{tmp}/a.gif'",
+        ),
     ],
 )
 def test_preview_output_checked_first(scans, tmp_path, capsys, output, message):

@@ -60,57 +60,71 @@ def temporary_name(name: str) -> str:
     return f".{head}.{_HOST_TAG}-{secrets.token_hex(3)}.tmp"
 
 
+class _Temporary:
+    """The temporary file of one :func:`atomic_file`, as far as it got: name, descriptor, key."""
+
+    def __init__(self) -> None:
+        self.path: str | None = None  # set before the file is created: an interrupt may come as it is
+        self.fd: int | None = None
+        self.key: tuple[int, int] | None = None
+
+
 @contextlib.contextmanager
 def atomic_file(path: str) -> Iterator[BinaryIO]:
     """Open a hidden temporary file beside `path` for writing; rename it to `path` once complete.
 
     The temporary file is locked from its creation until it has been renamed or, if the block fails,
-    deleted (see the module's description).
+    deleted (see the module's description). It is deleted whatever the block raises, KeyboardInterrupt
+    included, even one that arrives as the file is being created.
     """
     directory, name = os.path.split(path)
-    fd, temp, key = _create(directory, name)
+    temporary = _Temporary()
+    renamed = False
     try:
-        with os.fdopen(fd, "wb") as raw:  # closing it releases the lock: after the rename or the deletion
-            try:
-                yield raw
-                raw.flush()
-                os.fsync(raw.fileno())
-                os.replace(temp, path)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temp)
-                raise
+        _create(directory, name, temporary)
+        assert temporary.fd is not None and temporary.path is not None
+        with os.fdopen(temporary.fd, "wb", closefd=False) as raw:  # the descriptor (and lock) closed below
+            yield raw
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(temporary.path, path)
+        renamed = True
+    except BaseException:
+        if not renamed and temporary.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary.path)
+        raise
     finally:
+        if temporary.fd is not None:
+            os.close(temporary.fd)  # releases the lock: after the rename or the deletion
         with _WRITING_LOCK:
-            _WRITING.discard(key)
+            _WRITING.discard(temporary.key)
 
 
-def _create(directory: str, name: str) -> tuple[int, str, tuple[int, int]]:
-    """Create and lock a new temporary file for `name` in `directory`: its descriptor, path and key."""
+def _create(directory: str, name: str, temporary: _Temporary) -> None:
+    """Create and lock a new temporary file for `name` in `directory`, recording it in `temporary`.
+
+    Its name is recorded before it is created, so that whoever handles an exception raised here (an
+    interrupt arriving as the file is created) can delete it.
+    """
     for _ in range(100):
-        temp = os.path.join(directory, temporary_name(name))
+        temporary.path = os.path.join(directory, temporary_name(name))
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
+            temporary.fd = os.open(temporary.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:  # someone else's: not ours to delete
+            temporary.path = None
             continue
-        key = _key(os.fstat(fd))
-        try:
-            with _WRITING_LOCK:
-                _WRITING.add(key)
-            if _lock(fd, wait=True) and not _same_file(fd, temp):
-                # A clearing took the lock between the creation and ours, and deleted the file: again.
-                with _WRITING_LOCK:
-                    _WRITING.discard(key)
-                os.close(fd)
-                continue
-        except BaseException:
+        temporary.key = key = _key(os.fstat(temporary.fd))
+        with _WRITING_LOCK:
+            _WRITING.add(key)
+        if _lock(temporary.fd, wait=True) and not _same_file(temporary.fd, temporary.path):
+            # A clearing took the lock between the creation and ours, and deleted the file: again.
             with _WRITING_LOCK:
                 _WRITING.discard(key)
-            os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-            raise
-        return fd, temp, key
+            os.close(temporary.fd)
+            temporary.path = temporary.fd = temporary.key = None
+            continue
+        return
     raise FileExistsError(f"no free temporary name for '{os.path.join(directory, name)}'")  # pragma: no cover
 
 

@@ -114,14 +114,21 @@ def _get_parser() -> argparse.ArgumentParser:
     preview = commands.add_parser(
         "preview",
         help="draw the mid-planes of a volume and of its resampled version side by side",
-        description="Write a PNG with the axial, coronal and sagittal mid-planes of both volumes, "
-        "at their physical aspect ratio, titled with shape and spacing (needs matplotlib).",
+        description="Draw the axial, coronal and sagittal mid-planes of both volumes in world millimetres, "
+        "with the subject's directions on their edges, titled with file name, shape and spacing "
+        "(needs matplotlib).",
         epilog="example:\n  nidataset preview scans/ct.nii.gz resampled/ct_resampled.nii.gz -o ct.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     preview.add_argument("original", metavar="ORIGINAL", help="the input volume (.nii.gz)")
     preview.add_argument("resampled", metavar="RESAMPLED", help="its resampled version (.nii.gz)")
-    preview.add_argument("-o", "--output", required=True, metavar="PICTURE.png", help="the PNG to write")
+    preview.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="PICTURE",
+        help="the picture to write: .png, .pdf, .svg or .jpg",
+    )
     preview.set_defaults(command_parser=preview)
     return parser
 
@@ -251,8 +258,12 @@ def _preview(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
         check_installed("matplotlib", "preview")
     except (ImportError, ValueError, OSError) as err:
         command.error(_reason(err))
-    if not args.output.lower().endswith(".png"):
-        command.error(f"the picture is written as PNG: -o must end in .png, got '{args.output}'")
+    from ._preview import FORMATS
+
+    if os.path.splitext(args.output)[1].lower() not in FORMATS:
+        command.error(
+            f"-o must end in one of {', '.join(FORMATS)} (the picture's format), got '{args.output}'"
+        )
     folder = os.path.dirname(args.output) or os.curdir
     if not os.path.isdir(folder):
         command.error(f"the folder of '{args.output}' does not exist")
