@@ -2,6 +2,7 @@
 from any thread, previews without a second read, and memory bounded by the smaller of the input and the
 output."""
 
+import errno
 import hashlib
 import logging
 import os
@@ -229,3 +230,16 @@ def test_skip_existing_compares_with_a_big_endian_input(tmp_path, rng):
     before = os.stat(out)
     _pipeline.resample_file(src, str(tmp_path / "out"), (6, 5, 4), Options(), skip_existing=True)
     assert os.stat(out).st_mtime_ns == before.st_mtime_ns
+
+
+def test_an_output_name_too_long_for_its_file_system_is_refused_before_any_work(tmp_path):
+    # The input's name fits; "_resampled" makes the output's one byte too long.
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    prefix = "p" * (limit + 1 - len("_resampled.nii.gz"))
+    src = write_nifti(tmp_path / f"{prefix}.nii.gz", np.zeros((4, 4, 4), np.int16))
+    with pytest.raises(OSError) as info:
+        _pipeline.resample_file(src, str(tmp_path / "out"), (3, 3, 3), Options())
+    assert info.value.errno == errno.ENAMETOOLONG
+    assert info.value.filename == str(tmp_path / "out" / f"{prefix}_resampled.nii.gz")
+    assert f"name is {limit + 1} bytes long, more than the {limit}" in str(info.value)
+    assert not (tmp_path / "out").exists()

@@ -215,7 +215,10 @@ def output_header(source: Source, shape: Sequence[int], align: str = "origin") -
 
 
 def read_stored(source: Source) -> np.ndarray:
-    """All voxels of `source` as stored: a new C-ordered ``Z, Y, X`` array (the volume's transpose)."""
+    """All voxels of `source` as stored: a new C-ordered ``Z, Y, X`` array (the volume's transpose).
+
+    Raises as :func:`read_slabs` does.
+    """
     data = np.empty(source.stored_shape, dtype=source.dtype)
     with _voxels(source) as fill:
         fill(data)
@@ -236,6 +239,8 @@ def read_slabs(
     ------
     InvalidVolumeError
         If the voxel data are corrupt or end early; the message names the file.
+    OSError
+        If the device fails (EIO, say), with its error number; the message names the file.
     """
     nz, ny, nx = source.stored_shape
     if buffers is None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -118,6 +119,7 @@ def resample_file(
                 _draw(path, target, _nifti.read_mid_planes(path), _nifti.read_mid_planes(target), picture)
             return target
         logger.info("redoing %s: %s", target, mismatch)
+    _check_name_length(target)
     _make_folder(folder)
     try:
         taps = _Taps(source, header) if options.preview else None
@@ -436,6 +438,21 @@ def _sizes(shape: tuple[int, ...]) -> str:
 
 def _bytes(count: int) -> str:
     return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
+
+
+def _check_name_length(target: str) -> None:
+    """Refuse, before any work, an output name longer than its file system allows (its input's fits)."""
+    where = os.path.abspath(os.path.dirname(target) or os.curdir)
+    while not os.path.isdir(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)  # the folder may not exist yet: the nearest one that does
+    try:
+        limit = os.pathconf(where, "PC_NAME_MAX")
+    except (OSError, ValueError):  # not known here
+        return
+    length = len(os.fsencode(os.path.basename(target)))
+    if 0 < limit < length:
+        message = f"the output's name is {length} bytes long, more than the {limit} its file system allows"
+        raise OSError(errno.ENAMETOOLONG, message, target)
 
 
 def _make_folder(folder: str) -> None:
