@@ -286,3 +286,27 @@ def test_an_output_too_large_for_memory_names_the_file_and_what_it_needs(tmp_pat
     needed = float(re.search(r"needs about ([\d.]+) GiB", message).group(1))
     assert 1500**3 * 2 / 2**30 <= needed < 2 * 1500**3 * 2 / 2**30, message
     assert not [name for name in os.listdir(tmp_path / "out") if name.endswith((".tmp", ".nii.gz"))]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("vox_offset", 352, r"its voxels start at byte 352 \(vox_offset\), within the 544-byte header"),
+        ("datatype", 2048, r"its voxel type \(datatype 2048, complex256\) is not supported"),
+        ("scl_inter", np.inf, r"its scaling has a slope of 3 but an intercept of inf"),
+    ],
+)
+def test_nifti2_headers_are_checked_the_same_way(tmp_path, field, value, reason):
+    header = nib.Nifti2Header()
+    header.set_data_dtype(np.int16)
+    header.set_data_shape((6, 5, 4))
+    header["vox_offset"] = 544
+    header["scl_slope"] = 3.0
+    header[field] = value
+    path = tmp_path / "two.nii.gz"
+    path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4 + np.zeros(120, np.int16).tobytes()))
+    with pytest.raises(
+        InvalidVolumeError, match=rf"^'.*two\.nii\.gz' is not a readable NIfTI file: {reason}"
+    ):
+        resampling(path, tmp_path / "out", (3, 3, 3))
+    assert not (tmp_path / "out").exists()
