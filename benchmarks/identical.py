@@ -17,8 +17,8 @@ on PYTHONPATH; default /tmp/baseline/src). The outputs' bytes are compared. A jo
 is left out and listed; one that only one side refuses counts as a difference. For the files that differ,
 the stored voxels are compared: how many differ and by how much at most. For label maps, each differing
 voxel is also judged in exact arithmetic (rational sample positions, fractions for the weights): is it
-a tie between labels, and which side gives the rule's label (ties to the smaller) there. ``--threads N`` passes
-``threads=N`` to a resampling() whose signature has it (on both sides).
+a tie between labels, and which side gives the rule's label (ties to the smaller) there.
+``--threads N`` passes ``threads=N`` to a resampling() whose signature has it (on both sides).
 
 Exit status 0 only if every output is identical.
 

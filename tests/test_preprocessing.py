@@ -249,7 +249,9 @@ class TestAtomicWrite:
             def __exit__(self, *exc):
                 self.stream.close()
 
-        monkeypatch.setattr(_nifti.os, "fdopen", lambda fd, *args: FullDisk(real_fdopen(fd, *args)))
+        monkeypatch.setattr(
+            _nifti.os, "fdopen", lambda fd, *args, **kwargs: FullDisk(real_fdopen(fd, *args, **kwargs))
+        )
         with pytest.raises(OSError, match="No space left"):
             resampling(scan, tmp_path / "out", (3, 3, 3))
         assert listing(tmp_path / "out") == []

@@ -101,7 +101,7 @@ def resampling(
 
     See Also
     --------
-    resampling_dataset : the same for every volume of a folder.
+    resampling_dataset : The same for every volume of a folder.
 
     Notes
     -----
@@ -124,7 +124,7 @@ def resampling(
 
     *Memory.* The volume streams from the input file to the output file a slab of slices at a time;
     what is held whole is the smaller of the input and the output, in its stored type (a float volume
-    holding NaN or infinity is held whole, see ``nidataset._nonfinite``).
+    holding NaN or infinity is held whole: the nearest finite value of a voxel can lie anywhere).
 
     Examples
     --------
@@ -157,6 +157,8 @@ def resampling(
     >>> out = resampling(scan, small, (8, 8, 5), interpolation="linear", antialias=True, preview=True)
     >>> sorted(os.listdir(small))
     ['scan_preview.png', 'scan_resampled.nii.gz']
+    >>> import shutil
+    >>> shutil.rmtree(folder)
     """
     path = _check_input_file(nii_path)
     shape = _options.check_desired_volume(desired_volume)
@@ -207,7 +209,7 @@ def resampling_dataset(
         ``"folder"`` writes every ``<PREFIX>_resampled.nii.gz`` directly in `output_path`.
     debug : bool, optional
         Print ``Resampling completed for all files in '<nii_folder>'`` once all files are written.
-    interpolation, antialias, align, preview
+    interpolation, antialias, align, preview : optional
         As for :func:`resampling`.
     workers : int, optional
         Number of local processes resampling files at once (each uses one core).
@@ -251,6 +253,10 @@ def resampling_dataset(
         ``*.nii.gz`` entry of the folder is tried: one that is not a readable regular file (a folder, a
         FIFO, a broken or looping symbolic link) fails with its reason and stops nothing.
 
+    See Also
+    --------
+    resampling : One file.
+
     Examples
     --------
     >>> import os, tempfile
@@ -269,6 +275,8 @@ def resampling_dataset(
 
     >>> parallel = os.path.join(folder, "parallel")
     >>> outputs = resampling_dataset(folder, parallel, (10, 10, 5), workers=2, progress=False)
+    >>> import shutil
+    >>> shutil.rmtree(folder)
     """
     shape = _options.check_desired_volume(desired_volume)
     options = _options.check_options(interpolation, antialias, align, preview)
