@@ -316,7 +316,18 @@ def file_volume(dtype, shape, rng):
     return x
 
 
-FILE_TYPES = (np.float32, np.float64, np.uint8, np.int16, np.uint16, np.int32, np.int64, np.uint64)
+FILE_TYPES = (
+    np.float32,
+    np.float64,
+    np.int8,
+    np.uint8,
+    np.int16,
+    np.uint16,
+    np.int32,
+    np.uint32,
+    np.int64,
+    np.uint64,
+)
 
 
 @pytest.mark.parametrize("shapes", ["down", "up"])
@@ -393,6 +404,22 @@ def test_files_scaled_mid_stream(tmp_path, dtype, shapes, threads, rng, monkeypa
     assert len(switched) == 2
     if shapes in LONG:
         assert all(row > 0 for row in switched)  # output rows computed unscaled, then scaled ones
+
+
+def test_the_issue_case_through_a_file(tmp_path, rng):
+    x = rng.uniform(-1000, 1000, (20, 20, 20)).astype(np.float32)
+    x[:, :, 3:8] = np.float32(-3.4028235e38)  # 5 of 20 slices
+    src = write(tmp_path / "in.nii.gz", x)
+    for interpolation in ("bspline", "linear"):
+        got = stored(resampling(src, tmp_path / interpolation, (11, 11, 11), interpolation=interpolation))
+        assert_finite_in_range(got, x)
+        expected = oracle(x, (11, 11, 11), 3 if interpolation == "bspline" else 1)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=4e-6 * 3.4028235e38)
+
+
+def test_nothing_resized_nothing_computed():
+    x = pattern("checkerboard", (4, 5, 6), np.float32, None)
+    np.testing.assert_array_equal(resize(x, x.shape, clip=False), x)
 
 
 def test_file_with_nan_and_sentinel(tmp_path, rng):
