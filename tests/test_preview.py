@@ -89,3 +89,17 @@ def test_the_suffix_chooses_the_format(tmp_path, suffix, magic, volume):
     with pytest.raises(ValueError, match=r"'.*p\.gif': a preview is written as \.png, .*not '\.gif'"):
         write_preview(planes, planes, str(tmp_path / "p.gif"))
     assert sorted(os.listdir(tmp_path)) == sorted(["v.nii.gz", f"p{suffix}"])
+
+
+def test_values_at_float64_limits_draw_without_overflow(tmp_path):
+    pytest.importorskip("matplotlib")
+    from helpers import write_nifti
+    from nidataset import resampling
+
+    limit = np.finfo(np.float64).max
+    data = np.full((8, 9, 6), -limit)
+    data[:, :, 3:] = limit
+    data[2, 3, 1] = 0.0
+    src = write_nifti(tmp_path / "edge.nii.gz", data)
+    resampling(src, tmp_path / "out", (5, 6, 4), preview=True)  # warnings are errors in this suite
+    assert (tmp_path / "out" / "edge_preview.png").stat().st_size > 0

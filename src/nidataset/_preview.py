@@ -131,7 +131,9 @@ def write_preview(
         (role, name, volume, anatomical_panels(volume))
         for role, name, volume in zip(("original", "resampled"), names, (original, resampled), strict=True)
     ]
-    shown = np.concatenate([panel.values[np.isfinite(panel.values)].ravel() for panel in rows[0][3]])
+    # Grey levels are drawn from values a quarter of the size: exactly the same picture, and no overflow
+    # in the differences the percentiles and the colour scale take near float64's limits.
+    shown = np.concatenate([panel.values[np.isfinite(panel.values)].ravel() for panel in rows[0][3]]) / 4
     low, high = np.percentile(shown, [0.5, 99.5]) if shown.size else (0.0, 1.0)
 
     figure = Figure(figsize=(12, 8.5), dpi=100)  # fixed margins: a layout solver costs more than the drawing
@@ -144,7 +146,7 @@ def write_preview(
         for column, panel in enumerate(panels):
             ax = figure.add_subplot(grid[row, column])
             ax.imshow(
-                panel.values,
+                panel.values / 4,
                 origin="lower",
                 cmap="gray",
                 vmin=low,
