@@ -427,3 +427,87 @@ def test_unreachable_scheduler_fails_within_10_s(scans, tmp_path, capsys):
     assert info.value.code == 2
     assert f"cannot connect to the Dask scheduler at '{address}'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the pool's processes")
+def test_ctrl_c_twice_with_workers_ends_every_process(kill_dataset, tmp_path):
+    # A second Ctrl-C landing in the pool's shutdown once made it wait forever for processes that were
+    # never told to stop (and, killed then, left them running with no parent).
+    import signal
+
+    scans, clean = kill_dataset
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "nidataset", "resample", str(scans), str(out)]
+    command += ["--size", "208", "208", "96", "--mode", "folder", "--workers", "2"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+    def children():
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if entry.isdigit() and int(fields[1]) == process.pid:
+                found.append(int(entry))
+        return found
+
+    deadline = time.monotonic() + 120
+    try:
+        while not any(n.endswith(".tmp") for n in TestKill.listing(out)):
+            assert process.poll() is None, "the command finished before it could be interrupted"
+            assert time.monotonic() < deadline
+            time.sleep(0.0005)
+        pool = children()
+        os.killpg(process.pid, signal.SIGINT)
+        time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line and "Resampling" not in line]
+    assert len(lines) == 1 and lines[0].startswith("nidataset: interrupted; "), err
+    assert pool, "no pool process was seen"
+    time.sleep(0.5)
+    for pid in pool:  # every pool process has ended
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    for name in TestKill.listing(out):
+        assert (out / name).read_bytes() == (clean / name).read_bytes()
+
+
+def test_a_folder_that_cannot_be_listed_is_reported_not_a_traceback(scans, tmp_path, capsys, monkeypatch):
+    from nidataset import cli
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(cli.os, "listdir", refuse)  # what the command lists itself (the library scans)
+    monkeypatch.setattr(cli.os, "scandir", refuse)
+    assert main(["resample", str(scans), str(tmp_path / "out"), "--size", "4", "4", "4", "-q"]) == 1
+    assert capsys.readouterr().err == f"nidataset: failed: Permission denied: '{scans}'\n"
+
+
+def test_outputs_among_the_inputs_are_not_counted_as_inputs(scans, tmp_path):
+    from nidataset import cli
+
+    argv = ["resample", str(scans), str(scans), "--size", "4", "4", "4", "--mode", "folder", "-q"]
+    assert main(argv) == 0
+    args = cli._get_parser().parse_args(argv)
+    stamps = cli._stamps(args)
+    assert sorted(os.path.basename(t) for t in stamps) == [f"{n}_resampled.nii.gz" for n in "abc"]
+    assert all(stamp is not None for stamp in stamps.values())
+
+
+def test_a_line_break_in_a_file_name_stays_on_its_line(tmp_path, capsys):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "two\nlines.nii.gz").write_bytes(b"not gzip")
+    assert main(["resample", str(folder), str(tmp_path / "out"), "--size", "4", "4", "4", "-q"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith(f"nidataset: failed: {folder}/two\\nlines.nii.gz: ")

@@ -285,7 +285,7 @@ def test_an_output_too_large_for_memory_names_the_file_and_what_it_needs(tmp_pat
     assert "1600 x 1600 x 1600" in message and "1500 x 1500 x 1500" in message, message
     needed = float(re.search(r"needs about ([\d.]+) GiB", message).group(1))
     assert 1500**3 * 2 / 2**30 <= needed < 2 * 1500**3 * 2 / 2**30, message
-    assert not [name for name in os.listdir(tmp_path / "out") if name.endswith((".tmp", ".nii.gz"))]
+    assert not (tmp_path / "out").exists()  # nothing left: not even the folder the call created
 
 
 @pytest.mark.parametrize(
@@ -309,4 +309,41 @@ def test_nifti2_headers_are_checked_the_same_way(tmp_path, field, value, reason)
         InvalidVolumeError, match=rf"^'.*two\.nii\.gz' is not a readable NIfTI file: {reason}"
     ):
         resampling(path, tmp_path / "out", (3, 3, 3))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_gzip_header_too_large_for_the_reader_is_an_invalid_volume(tmp_path):
+    # A valid gzip member whose header carries a 5 MB comment (FCOMMENT): ISA-L's reader refuses it
+    # with an OverflowError of its own, which must not escape raw.
+    import struct
+    import zlib
+
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.int16)
+    header.set_data_shape((8, 8, 8))
+    header["vox_offset"] = 352
+    raw = header.binaryblock + b"\0" * 4 + np.zeros(512, np.int16).tobytes()
+    squeezer = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = squeezer.compress(raw) + squeezer.flush()
+    start = b"\x1f\x8b\x08\x10\0\0\0\0\0\xff" + b"c" * (5 << 20) + b"\0"  # FLG.FCOMMENT, then the comment
+    path = tmp_path / "comment.nii.gz"
+    path.write_bytes(start + body + struct.pack("<II", zlib.crc32(raw), len(raw)))
+    with pytest.raises(InvalidVolumeError, match=r"'.*comment\.nii\.gz' is not a readable NIfTI file"):
+        resampling(path, tmp_path / "out", (4, 4, 4))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("field", ["sform", "pixdim"])
+def test_an_output_header_that_would_overflow_is_refused_before_any_work(tmp_path, field):
+    # Spacing near float32's limit, shrunk 3-fold: the output's spacing (or affine) would not fit in the
+    # header's float32 fields (nibabel would write inf, a file this library then refuses to read).
+    big = np.float32(3e38)
+    fields = (
+        [("srow_x", 0, big), ("srow_y", 1, big), ("srow_z", 2, big), ("qform_code", 0)]
+        if field == "sform"
+        else [("pixdim", 1, big), ("sform_code", 0), ("qform_code", 0)]
+    )
+    path = hostile(tmp_path / "huge.nii.gz", fields, shape=(12, 12, 12))
+    with pytest.raises(InvalidVolumeError, match=r"'.*huge\.nii\.gz' .*does not fit in the header"):
+        resampling(path, tmp_path / "out", (4, 4, 4))
     assert not (tmp_path / "out").exists()

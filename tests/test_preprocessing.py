@@ -252,9 +252,12 @@ class TestAtomicWrite:
         monkeypatch.setattr(
             _nifti.os, "fdopen", lambda fd, *args, **kwargs: FullDisk(real_fdopen(fd, *args, **kwargs))
         )
-        with pytest.raises(OSError, match="No space left"):
+        with pytest.raises(OSError, match="No space left on device while writing") as info:
             resampling(scan, tmp_path / "out", (3, 3, 3))
         assert listing(tmp_path / "out") == []
+        # The error names the output (not the hidden temporary file, nor no file at all), keeps its errno.
+        assert info.value.filename == str(tmp_path / "out" / "scan_042_resampled.nii.gz")
+        assert info.value.errno == 28
 
     def test_a_failure_keeps_the_previous_output_intact(self, scan, tmp_path, monkeypatch):
         out = resampling(scan, tmp_path / "out", (3, 3, 3))

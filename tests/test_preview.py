@@ -103,3 +103,23 @@ def test_values_at_float64_limits_draw_without_overflow(tmp_path):
     src = write_nifti(tmp_path / "edge.nii.gz", data)
     resampling(src, tmp_path / "out", (5, 6, 4), preview=True)  # warnings are errors in this suite
     assert (tmp_path / "out" / "edge_preview.png").stat().st_size > 0
+
+
+def test_sheared_axes_each_get_their_own_world_axis():
+    # Columns (0, 1, 0.9) and (0, 1, -0.5) both lean most to A: the first takes S (its second best) as
+    # nibabel's io_orientation decides, and every panel keeps a proper extent.
+    header = nib.Nifti1Header()
+    header.set_data_shape((4, 5, 6))
+    header.set_data_dtype(np.int16)
+    affine = np.array([[0, 0, 1.0, 0], [1, 1, 0, 0], [0.9, -0.5, 0, 0], [0, 0, 0, 1]])
+    header.set_sform(affine, code=1)
+    volume = MidPlanes(header)
+    volume.add(np.zeros((6, 5, 4), np.int16))
+    panels = anatomical_panels(volume)
+    expected = nib.orientations.io_orientation(affine)[:, 0].astype(int).tolist()  # world axis per array axis
+    assert [p.values.shape for p in panels] == [
+        (volume.shape[expected.index(1)], volume.shape[expected.index(0)]),  # axial: A up, R across
+        (volume.shape[expected.index(2)], volume.shape[expected.index(0)]),  # coronal: S up, R across
+        (volume.shape[expected.index(2)], volume.shape[expected.index(1)]),  # sagittal: S up, A across
+    ]
+    assert all(p.extent[0] != p.extent[1] and p.extent[2] != p.extent[3] for p in panels)

@@ -89,10 +89,14 @@ def atomic_file(path: str) -> Iterator[BinaryIO]:
             os.fsync(raw.fileno())
         os.replace(temporary.path, path)
         renamed = True
-    except BaseException:
+    except BaseException as err:
         if not renamed and temporary.path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary.path)
+        if isinstance(err, OSError) and err.filename in (None, temporary.path):
+            # A full disk or a failing device while writing: name the file being written, not the
+            # hidden temporary one (nor none at all).
+            raise OSError(err.errno, f"{err.strerror or err} while writing", path) from err
         raise
     finally:
         if temporary.fd is not None:
@@ -184,6 +188,9 @@ def _remove_unlocked(path: str) -> bool:
     try:
         if not _lock(fd, wait=False) or not _same_file(fd, path):
             return False
+        with _WRITING_LOCK:  # again: where locks are per process (NFS), this process's own writer that
+            if _key(os.fstat(fd)) in _WRITING:  # began since the first look holds no lock against us
+                return False
         os.unlink(path)
         return True
     except FileNotFoundError:

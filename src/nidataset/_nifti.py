@@ -85,6 +85,7 @@ READ_ERRORS: tuple[type[BaseException], ...] = (  # type: ignore[assignment]  # 
     OSError,
     EOFError,
     ValueError,
+    OverflowError,  # ISA-L: a gzip header (a long comment, say) larger than its input buffer
     zlib.error,
     isal_zlib.error,
     nib.filebasedimages.ImageFileError,
@@ -495,10 +496,16 @@ def resized_header(header: nib.Nifti1Header, shape: Sequence[int], align: str = 
     sform, scode = header.get_sform(), int(header["sform_code"])
     qform, qcode = header.get_qform(), int(header["qform_code"])
     zooms = resized_zooms(header.get_zooms()[:3], old, shape)
+    new_sform = resized_affine(sform if scode else best, old, shape, align)
+    new_qform = resized_affine(qform if qcode else best, old, shape, align)
+    largest = float(np.finfo(header["srow_x"].dtype).max)  # float32 in NIfTI-1, float64 in NIfTI-2
+    for name, values in (("voxel size", zooms), ("sform", new_sform), ("qform", new_qform)):
+        if not np.all(np.abs(np.asarray(values, dtype=np.float64)) <= largest):
+            raise ValueError(f"the resized {name} does not fit in the header ({largest:.3g} at most)")
     new = header.copy()
     new.set_data_shape(tuple(shape))
-    new.set_sform(resized_affine(sform if scode else best, old, shape, align), code=scode)
-    new.set_qform(resized_affine(qform if qcode else best, old, shape, align), code=qcode)
+    new.set_sform(new_sform, code=scode)
+    new.set_qform(new_qform, code=qcode)
     new.set_zooms(zooms)
     return new
 

@@ -120,13 +120,16 @@ def resample_file(
             return target
         logger.info("redoing %s: %s", target, mismatch)
     _check_name_length(target)
-    _make_folder(folder)
+    made = _make_folder(folder)
     try:
         taps = _Taps(source, header) if options.preview else None
         with one_blas_thread():
             _Run(source, header, target, options, threads, slab_values, taps).go()
-    except MemoryError as err:
-        raise MemoryError(_out_of_memory(source, shape, options, slab_values)) from err
+    except BaseException as err:
+        _remove_empty(made)  # a failed file leaves no folder of its own behind
+        if isinstance(err, MemoryError):
+            raise MemoryError(_out_of_memory(source, shape, options, slab_values)) from err
+        raise
     logger.info("resampled %s %s -> %s %s", path, source.shape, target, shape)
     if taps is not None:
         _draw(path, target, taps.original, taps.resampled, picture)
@@ -455,8 +458,24 @@ def _check_name_length(target: str) -> None:
         raise OSError(errno.ENAMETOOLONG, message, target)
 
 
-def _make_folder(folder: str) -> None:
+def _make_folder(folder: str) -> list[str]:
+    """Create `folder` and its missing parents; return those created, innermost first."""
+    missing = []
+    path = os.path.abspath(folder or os.curdir)  # "" is the current folder
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
     try:
-        os.makedirs(folder or os.curdir, exist_ok=True)  # "" is the current folder
+        os.makedirs(folder or os.curdir, exist_ok=True)
     except OSError as err:
         raise OSError(err.errno, f"cannot create the output folder '{folder}': {err.strerror}") from err
+    return missing
+
+
+def _remove_empty(folders: list[str]) -> None:
+    """Remove the `folders` this call created (innermost first) as long as they are empty."""
+    for path in folders:
+        try:
+            os.rmdir(path)
+        except OSError:  # not empty (another file's outputs), or gone
+            return

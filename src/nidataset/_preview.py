@@ -65,9 +65,7 @@ def anatomical_panels(volume: MidPlanes) -> list[Panel]:
     """
     affine = np.asarray(volume.affine, dtype=np.float64)
     linear = affine[:3, :3]
-    world_of = [int(np.argmax(np.abs(linear[:, j]))) for j in range(3)]  # array axis -> world axis
-    if sorted(world_of) != [0, 1, 2]:  # two array axes nearest the same world axis: keep array order
-        world_of = [0, 1, 2]
+    world_of = _nearest_world_axes(linear)
     array_of = {w: j for j, w in enumerate(world_of)}
     middle = np.array([*volume.middle, 1.0])
     planes = volume.planes()
@@ -98,6 +96,24 @@ def anatomical_panels(volume: MidPlanes) -> list[Panel]:
             )
         )
     return panels
+
+
+def _nearest_world_axes(linear: np.ndarray) -> list[int]:
+    """Return the world axis of each array axis: the strongest remaining direction, taken greedily.
+
+    As ``nibabel.orientations.io_orientation`` does, the largest entry of the matrix of unit columns picks
+    a pair (world axis, array axis), whose row and column then leave the contest, and so on: each world
+    axis goes to exactly one array axis, also for sheared or strongly oblique grids.
+    """
+    norms = np.linalg.norm(linear, axis=0)
+    strength = np.abs(linear) / np.where(norms > 0, norms, 1.0)
+    world_of = [-1, -1, -1]
+    for _ in range(3):
+        world, array = np.unravel_index(int(np.argmax(strength)), strength.shape)
+        world_of[int(array)] = int(world)
+        strength[world, :] = -1.0
+        strength[:, array] = -1.0
+    return world_of
 
 
 def write_preview(

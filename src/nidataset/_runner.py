@@ -9,14 +9,18 @@ per case, or one folder) and clears what killed runs left there.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import secrets
 import signal
-from collections.abc import Callable, Sequence
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import _nifti
 from ._options import Options, check_input_file
@@ -202,7 +206,9 @@ def run(
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         if executor is None:
-            pool: Executor = ProcessPoolExecutor(min(workers, len(inputs)), initializer=_ignore_interrupts)
+            pool: Executor = ProcessPoolExecutor(
+                min(workers, len(inputs)), initializer=_start_pool_process, initargs=(os.getpid(),)
+            )
             task: Callable[..., str] = functools.partial(_interruptible, job)
         else:
             pool, task = executor, job
@@ -220,7 +226,8 @@ def run(
             raise
         finally:
             if executor is None:
-                pool.shutdown(wait=True, cancel_futures=True)
+                with _uninterrupted():
+                    pool.shutdown(wait=True, cancel_futures=True)
     if failures:
         raise DatasetError(
             [(inputs[i], failures[i]) for i in sorted(failures)], [results[i] for i in sorted(results)]
@@ -228,14 +235,53 @@ def run(
     return [results[i] for i in range(len(inputs))]
 
 
-def _ignore_interrupts() -> None:
-    """Start a process of the local pool: Ctrl-C reaches it only while it works on a file.
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Hold Ctrl-C off while the local pool shuts down, then put the caller's handler back.
 
-    The terminal sends SIGINT to every process of the group. A pool process that took it while waiting
-    for work would die and break the pool, which then kills the others mid-write, leaving their temporary
-    files behind; one that takes it while working on a file unwinds that file cleanly.
+    Interrupted, the pool's shutdown can wait forever for processes that were never told to stop. Its
+    processes still take Ctrl-C while they work on a file, so a second one still ends the files in
+    progress (each unwinds cleanly) and the shutdown completes. Python takes signals in the main thread
+    only; from another thread nothing is changed.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
+def _start_pool_process(parent: int) -> None:
+    """Start a process of the local pool (its own process: these settings are the library's to make).
+
+    - Ctrl-C reaches it only while it works on a file (:func:`_interruptible`): the terminal sends SIGINT
+      to every process of the group, and a pool process that took it while waiting for work would die
+      and break the pool, which then kills the others mid-write, leaving their temporary files behind.
+    - An interrupt that Python can only discard (one raised in a weakref callback or ``__del__``) is
+      discarded without a traceback.
+    - On Linux, it ends when `parent` does: its siblings hold the pipe it waits on open, so it would
+      otherwise wait for work forever.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.unraisablehook = _quiet_interrupts
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover
+            pass
+    if os.getppid() != parent:  # the parent ended before the line above: end now
+        os._exit(1)
+
+
+def _quiet_interrupts(unraisable: Any) -> None:
+    """``sys.unraisablehook`` of a pool process: KeyboardInterrupt dropped silently, the rest as usual."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
 
 
 def _interruptible(job: Callable[[str], str], path: str) -> str:

@@ -10,8 +10,11 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 __all__ = ["main"]
 
@@ -134,33 +137,79 @@ def _get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line with `argv` (default: ``sys.argv[1:]``); returns the exit status."""
+    """Run the command line with `argv` (default: ``sys.argv[1:]``); returns the exit status.
+
+    Ctrl-C ends it with status 130 and one line saying what is complete. While it runs, it takes SIGINT
+    itself (so that an interrupt Python would discard, raised in a weakref callback or ``__del__``, still
+    ends the command) and hides the tracebacks of such discarded interrupts; the handler and
+    ``sys.unraisablehook`` are put back when it returns. Run as the program (`argv` None), it ignores
+    Ctrl-C once it is done: what is left is the interpreter's exit.
+    """
     args = None
     before: dict[str, tuple[int, int] | None] = {}
+    interrupts: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        interrupts.append(signum)
+        raise KeyboardInterrupt
+
+    handler = None
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.signal(signal.SIGINT, interrupt)
+    hook, sys.unraisablehook = sys.unraisablehook, _quiet_interrupts
     try:
         args = _get_parser().parse_args(argv)
         if args.command == "preview":
-            return _preview(args, args.command_parser)
-        before = _stamps(args)
-        return _resample(args, args.command_parser, before)
+            status = _preview(args, args.command_parser)
+        else:
+            before = _stamps(args)
+            status = _resample(args, args.command_parser, before)
+        if interrupts:  # an interrupt was discarded where Python cannot raise it: the command still stops
+            raise KeyboardInterrupt
+        return status
     except KeyboardInterrupt:
+        if handler is not None:  # first: another Ctrl-C now would only cut the report short
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         # Outputs appear only when complete, and temporary files go as the work unwinds.
         print(_interrupted(args, before), file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        sys.unraisablehook = hook
+        if handler is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN if argv is None else handler)
+
+
+def _quiet_interrupts(unraisable: Any) -> None:
+    """``sys.unraisablehook`` while the command runs: a discarded KeyboardInterrupt prints nothing."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
 
 
 def _stamps(args: argparse.Namespace) -> dict[str, tuple[int, int] | None]:
-    """Map each output the command would write to its (inode, mtime), or None where there is none yet."""
+    """Map each output the command would write to its (inode, mtime), or None where there is none yet.
+
+    Inputs that are outputs of other inputs (OUTPUT is INPUT) are left out, as the library leaves them out.
+    An input folder that cannot be listed gives nothing here: the command reports it.
+    """
     from ._nifti import SUFFIX, output_name, prefix
 
-    if os.path.isdir(args.input):
-        inputs = sorted(name for name in os.listdir(args.input) if name.endswith(SUFFIX))
-        mode = args.mode or "case"
-    else:
-        inputs, mode = [args.input], args.mode or "folder"
+    try:
+        if os.path.isdir(args.input):
+            names = sorted(name for name in os.listdir(args.input) if name.endswith(SUFFIX))
+            inputs, mode = [os.path.join(args.input, name) for name in names], args.mode or "case"
+        else:
+            inputs, mode = [args.input], args.mode or "folder"
+    except OSError:
+        return {}
+    targets = {
+        path: os.path.join(args.output, *([prefix(path)] if mode == "case" else []), output_name(path))
+        for path in inputs
+    }
+    outputs = {os.path.realpath(target) for target in targets.values()}
     stamps: dict[str, tuple[int, int] | None] = {}
-    for name in inputs:
-        target = os.path.join(args.output, *([prefix(name)] if mode == "case" else []), output_name(name))
+    for path, target in targets.items():
+        if os.path.realpath(path) in outputs:
+            continue
         try:
             info = os.stat(target)
             stamps[target] = (info.st_ino, info.st_mtime_ns)
@@ -230,6 +279,11 @@ def _log_to_stderr() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def _one_line(text: str) -> str:
+    """Return `text` on one line: line breaks (in a file name, say) written as backslash-n."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _reason(err: BaseException) -> str:
     """Say what went wrong in one line: an OSError's own words and file, without ``[Errno N]``."""
     if isinstance(err, OSError) and err.strerror:
@@ -294,7 +348,7 @@ def _resample_file(args: argparse.Namespace, command: argparse.ArgumentParser) -
             args.input, folder, args.size, args.debug, **_options(args), skip_existing=args.skip_existing
         )
     except Exception as err:  # as a folder run reports each file: one line, no traceback
-        print(f"nidataset: failed: {args.input}: {_reason(err)}", file=sys.stderr)
+        print(_one_line(f"nidataset: failed: {args.input}: {_reason(err)}"), file=sys.stderr)
         return EXIT_FAILED, []
     return EXIT_OK, [output]
 
@@ -326,7 +380,7 @@ def _resample_folder(args: argparse.Namespace, command: argparse.ArgumentParser)
         )
     except DatasetError as err:
         for path, reason in err.failures:
-            print(f"nidataset: failed: {path}: {_reason(reason)}", file=sys.stderr)
+            print(_one_line(f"nidataset: failed: {path}: {_reason(reason)}"), file=sys.stderr)
         total = len(err.failures) + len(err.outputs)
         print(f"nidataset: {len(err.failures)} of {total} files failed", file=sys.stderr)
         return EXIT_FAILED, err.outputs
