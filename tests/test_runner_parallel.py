@@ -80,7 +80,13 @@ def test_dask_local_cluster_with_two_worker_processes(dataset, serial, tmp_path)
     _, expected = serial
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            scheduler_port=0,  # every port chosen by the OS: the scheduler's HTTP routes too (default 8787)
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         ) as cluster,
         distributed.Client(cluster) as client,
     ):

@@ -142,14 +142,15 @@ def overflow_headroom(
     --------
     >>> from nidataset._operators import axis_operator
     >>> ops = [axis_operator(n, 11, order=3, dtype=np.float32) for n in (20, 20, 20)]
-    >>> overflow_headroom(np.float32, np.float32, ops)  # 2 * 1.55**3 < 2**3
-    (np.float32(4.2535293e+37), 3)
+    >>> headroom, exponent = overflow_headroom(np.float32, np.float32, ops)  # 2 * 1.55**3 < 2**3
+    >>> headroom.dtype, float(headroom), exponent
+    (dtype('float32'), 4.2535293329816107e+37, 3)
     >>> overflow_headroom(np.int16, np.float32, ops)
     (None, 3)
     """
     gains = [op.gain for op in operators if op is not None]
     exponent = max(1, math.ceil(math.log2(2 * math.prod(gains))))
-    limit = np.finfo(ftype).max / 2**exponent  # of `ftype`, exactly
+    limit = np.dtype(ftype).type(np.finfo(ftype).max / 2**exponent)  # of `ftype` (numpy 1 divides in float64)
     dtype = np.dtype(dtype)
     if dtype.kind == "f":
         largest: Any = np.finfo(dtype).max
@@ -615,7 +616,7 @@ def resize(
     except NonFiniteError:
         patch = NonFinitePatch(array, shape, align)
         engine, result = run(patch.filled, check_finite=False)
-    if clip:
+    if clip and engine.low is not None and not np.isnan(engine.low):  # all NaN: no range to clip to
         np.clip(result, engine.low, engine.high, out=result)
     if patch is not None:
         patch.restore(result, 0)

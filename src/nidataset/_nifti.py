@@ -552,9 +552,7 @@ class SlabWriter:
         """Open the temporary file and its compressor, and write the header; rename on success."""
         with (
             atomic_file(self.path) as raw,
-            igzip_threaded.open(
-                raw, "wb", compresslevel=COMPRESS_LEVEL, threads=self.threads, block_size=_BLOCK
-            ) as gz,
+            _compressor(raw, self.threads) as gz,
         ):
             head = io.BytesIO()  # nibabel writes extensions with tell(), which the threaded writer lacks
             self.header.write_to(head)
@@ -613,6 +611,28 @@ class SlabWriter:
                 raise
             return False  # the caller's own exception propagates
         raise RuntimeError("the writer swallowed an error")  # pragma: no cover
+
+
+def _compressor(raw: BinaryIO, threads: int) -> BinaryIO:
+    """Return ``igzip_threaded.open(raw, "wb", ...)``; a failure as it starts leaves nothing running.
+
+    isal's writer marks itself open and starts its thread inside ``__init__``; an exception in between
+    (Ctrl-C, a full disk at the gzip header) would leave a half-made writer whose thread runs on and whose
+    finalizer raises ("Exception ignored ... cannot join current thread", reported since Python 3.13).
+    """
+    kind = getattr(igzip_threaded, "_ThreadedGzipWriter", None)
+    if kind is None:  # pragma: no cover  # an isal without that class: its public way, unguarded
+        return igzip_threaded.open(
+            raw, "wb", compresslevel=COMPRESS_LEVEL, threads=threads, block_size=_BLOCK
+        )
+    writer = kind.__new__(kind)
+    try:
+        writer.__init__(raw, "wb", level=COMPRESS_LEVEL, threads=threads, block_size=_BLOCK)
+        return igzip_threaded.FlushableBufferedWriter(writer, buffer_size=_BLOCK)
+    except BaseException:
+        writer.running = False  # a started thread ends at its next look at the queue (50 ms)
+        writer._closed = True  # and the finalizer finds nothing to close
+        raise
 
 
 class MidPlanes:

@@ -277,10 +277,12 @@ class _Run:
     def _stream_out(self, data: np.ndarray, low: Any, high: Any, patch: NonFinitePatch | None = None) -> None:
         """Resample `data`, held whole, clip to ``[low, high]`` (`patch` puts NaN back); stream it out."""
         engine = self._interpolating(check_finite=False, reuse=self.threads < 2)
+        bounded = not np.isnan(low)  # an all-NaN volume has no range to clip to
 
         def stored(piece: Slab) -> np.ndarray:
             values = cast(engine.complete(piece).values, self.dtype)
-            np.clip(values, low, high, out=values)
+            if bounded:
+                np.clip(values, low, high, out=values)
             if patch is not None:
                 patch.restore(values, piece.start)
             return values

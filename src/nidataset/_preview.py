@@ -151,6 +151,8 @@ def write_preview(
     # in the differences the percentiles and the colour scale take near float64's limits.
     shown = np.concatenate([panel.values[np.isfinite(panel.values)].ravel() for panel in rows[0][3]]) / 4
     low, high = np.percentile(shown, [0.5, 99.5]) if shown.size else (0.0, 1.0)
+    span = (high - low) or 1.0  # grey levels handed to matplotlib in [0, 1]: before 3.10 its resampling
+    # overflows (a RuntimeWarning) when the colour range is near float64's limits
 
     figure = Figure(figsize=(12, 8.5), dpi=100)  # fixed margins: a layout solver costs more than the drawing
     grid = figure.add_gridspec(2, 3, left=0.05, right=0.98, bottom=0.06, top=0.92, hspace=0.38, wspace=0.2)
@@ -162,11 +164,11 @@ def write_preview(
         for column, panel in enumerate(panels):
             ax = figure.add_subplot(grid[row, column])
             ax.imshow(
-                panel.values / 4,
+                (panel.values / 4 - low) / span,
                 origin="lower",
                 cmap="gray",
-                vmin=low,
-                vmax=high,
+                vmin=0.0,
+                vmax=1.0,
                 extent=panel.extent,
                 interpolation="nearest",
             )
