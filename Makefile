@@ -33,7 +33,7 @@ ifeq ($(filter suite-%,$(RUNS)),)
 RUNS += suite
 endif
 
-.PHONY: demo test lint suite suite-min skip-min clean
+.PHONY: demo test lint docs suite suite-min skip-min clean
 .PHONY: $(addprefix suite-,$(TEST_PYTHONS)) $(addprefix skip-,$(TEST_PYTHONS))
 
 # $(call pip,VENV,ARGUMENTS): pip install into VENV, quietly unless it fails.
@@ -59,6 +59,12 @@ $(VENV)/.base: pyproject.toml
 $(VENV)/.dev: $(VENV)/.base
 	@echo "=== installing the test extra and the dev group (ruff, mypy) in $(VENV)"
 	@$(call pip,$(VENV),-e '.[test]' --group dev)
+	@touch $@
+
+# Plus Sphinx and numpydoc for the documentation site.
+$(VENV)/.docs: $(VENV)/.base
+	@echo "=== installing the docs extra (Sphinx, numpydoc, matplotlib) in $(VENV)"
+	@$(call pip,$(VENV),-e '.[docs]')
 	@touch $@
 
 # --- one environment per Python the suite runs on, and one at the declared minimum versions ---
@@ -92,9 +98,17 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The documentation site in docs/_build/html, warnings as errors (-E: every page read again, so no
+# warning hides behind an incremental build); then every example on it runs (the doctest builder).
+docs: $(VENV)/.docs
+	@echo "=== the documentation site (docs/_build/html), then every example on it"
+	$(BIN)/sphinx-build -E -W --keep-going -q -b html -d docs/_build/doctrees docs docs/_build/html
+	$(BIN)/sphinx-build -W --keep-going -q -b doctest -d docs/_build/doctrees docs docs/_build/doctest
+
 test: lint $(RUNS)
+	@$(MAKE) --no-print-directory docs
 	@echo
-	@echo "=== make test passed: ruff and mypy in $(VENV); the suite in $(foreach r,$(filter suite%,$(RUNS)),$(if $(filter suite,$(r)),$(VENV),.venv-$(r:suite-%=%)))"
+	@echo "=== make test passed: ruff and mypy in $(VENV), the docs site and its examples; the suite in $(foreach r,$(filter suite%,$(RUNS)),$(if $(filter suite,$(r)),$(VENV),.venv-$(r:suite-%=%)))"
 	@$(if $(filter skip-%,$(RUNS)),echo "=== NOT run (no such Python here): $(foreach r,$(filter skip-%,$(RUNS)),$(if $(filter skip-min,$(r)),the minimum versions on $(MIN_PYTHON),Python $(r:skip-%=%)))")
 
 suite: $(VENV)/.dev
@@ -111,4 +125,4 @@ $(addprefix skip-,$(TEST_PYTHONS)) skip-min:
 	@echo "=== SKIPPED: no Python $(if $(filter skip-min,$@),$(MIN_PYTHON) for the minimum versions,$(@:skip-%=%)) on this machine (looked on PATH, in pyenv's versions, in /usr): the suite does not run on it"
 
 clean:
-	rm -rf $(VENV) .venv-* build .pytest_cache .ruff_cache .mypy_cache .hypothesis src/*.egg-info
+	rm -rf $(VENV) .venv-* build .pytest_cache .ruff_cache .mypy_cache .hypothesis src/*.egg-info docs/_build docs/_generated
