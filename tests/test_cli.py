@@ -382,6 +382,9 @@ def test_version(capsys):
         main(["-V"])
     assert info.value.code == 0
     assert capsys.readouterr().out == f"nidataset {nidataset.__version__}\n"
+    from importlib.metadata import version
+
+    assert version("nidataset") == nidataset.__version__  # one source: the metadata reads __version__
 
 
 def test_quiet_verbose_and_kept_files(scans, tmp_path, capsys):
