@@ -288,34 +288,62 @@ class TestKill:
             assert (out / name).read_bytes() == (clean / name).read_bytes()
 
 
+def interrupt_while_writing(scans, out, workers, presses=1):
+    """Run the command on `scans`; Ctrl-C it `presses` times (20 ms apart) while an output is written.
+
+    SIGINT goes to the command's process group, as a terminal sends it. Returns the exit status, the lines
+    of stderr besides the progress bar, and the command's child processes seen before the first press.
+    """
+    import signal
+
+    command = [sys.executable, "-m", "nidataset", "resample", str(scans), str(out)]
+    command += ["--size", "208", "208", "96", "--mode", "folder", "--workers", workers]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while not any(n.endswith(".tmp") for n in TestKill.listing(out)):  # an output is being written
+            assert process.poll() is None, "the command finished before it could be interrupted"
+            assert time.monotonic() < deadline
+            time.sleep(0.0005)
+        children = child_processes(process.pid)
+        for press in range(presses):
+            if press:
+                time.sleep(0.02)
+            os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line and "Resampling" not in line]
+    return process.returncode, lines, children
+
+
+def child_processes(parent):
+    """The pids of the processes whose parent is `parent` (Linux: read from /proc; elsewhere none)."""
+    found = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if entry.isdigit() and int(fields[1]) == parent:
+            found.append(int(entry))
+    return found
+
+
 class TestInterrupt:
     """Ctrl-C (SIGINT to the command's process group, as a terminal sends it) while an output is written."""
 
     @pytest.mark.parametrize("workers", ["1", "2"])
     def test_ctrl_c_exits_130_with_one_line_and_leaves_nothing_partial(self, kill_dataset, tmp_path, workers):
-        import signal
-
         scans, clean = kill_dataset
         out = tmp_path / "out"
-        command = [sys.executable, "-m", "nidataset", "resample", str(scans), str(out)]
-        command += ["--size", "208", "208", "96", "--mode", "folder", "--workers", workers]
-        process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-        )
-        deadline = time.monotonic() + 120
-        try:
-            while not any(n.endswith(".tmp") for n in TestKill.listing(out)):  # an output is being written
-                assert process.poll() is None, "the command finished before it could be interrupted"
-                assert time.monotonic() < deadline
-                time.sleep(0.0005)
-            os.killpg(process.pid, signal.SIGINT)
-            _, err = process.communicate(timeout=60)
-        finally:
-            if process.poll() is None:
-                process.kill()
-        assert process.returncode == 130
-        lines = [line for line in err.replace("\r", "\n").splitlines() if line and "Resampling" not in line]
-        assert len(lines) == 1, err
+        returncode, lines, _ = interrupt_while_writing(scans, out, workers)
+        assert returncode == 130
+        assert len(lines) == 1, lines
         assert lines[0].startswith("nidataset: interrupted; ")
         assert "run it again with --skip-existing to finish the rest" in lines[0]
         names = TestKill.listing(out)
@@ -436,45 +464,11 @@ def test_unreachable_scheduler_fails_within_10_s(scans, tmp_path, capsys):
 def test_ctrl_c_twice_with_workers_ends_every_process(kill_dataset, tmp_path):
     # A second Ctrl-C landing in the pool's shutdown once made it wait forever for processes that were
     # never told to stop (and, killed then, left them running with no parent).
-    import signal
-
     scans, clean = kill_dataset
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "nidataset", "resample", str(scans), str(out)]
-    command += ["--size", "208", "208", "96", "--mode", "folder", "--workers", "2"]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-
-    def children():
-        found = []
-        for entry in os.listdir("/proc"):
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if entry.isdigit() and int(fields[1]) == process.pid:
-                found.append(int(entry))
-        return found
-
-    deadline = time.monotonic() + 120
-    try:
-        while not any(n.endswith(".tmp") for n in TestKill.listing(out)):
-            assert process.poll() is None, "the command finished before it could be interrupted"
-            assert time.monotonic() < deadline
-            time.sleep(0.0005)
-        pool = children()
-        os.killpg(process.pid, signal.SIGINT)
-        time.sleep(0.02)
-        os.killpg(process.pid, signal.SIGINT)
-        _, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line and "Resampling" not in line]
-    assert len(lines) == 1 and lines[0].startswith("nidataset: interrupted; "), err
+    returncode, lines, pool = interrupt_while_writing(scans, out, "2", presses=2)
+    assert returncode == 130
+    assert len(lines) == 1 and lines[0].startswith("nidataset: interrupted; "), lines
     assert pool, "no pool process was seen"
     time.sleep(0.5)
     for pid in pool:  # every pool process has ended
