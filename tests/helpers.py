@@ -113,3 +113,16 @@ DTYPE_RANGES = {
     "float32": (-1.5, 2.5),
     "float64": (-3e3, 1e4),
 }
+
+
+def peak_allocation(function):
+    """Call `function()`; return the peak of the memory Python and numpy allocated meanwhile (tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        function()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak

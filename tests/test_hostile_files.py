@@ -9,13 +9,12 @@ import re
 import subprocess
 import sys
 import threading
-import tracemalloc
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from helpers import write_nifti
+from helpers import peak_allocation, write_nifti
 from nidataset import InvalidVolumeError, _nifti, _pipeline, resampling
 from nidataset._options import Options
 
@@ -99,16 +98,6 @@ HOSTILE = {
     "qoffset inf": ([("qoffset_z", -np.inf)], None, r"qoffset \(0, 0, -inf\)\) is not finite"),
     "qform not a rotation": ([("quatern_b", 3.0)], None, r"its qform is not a rotation: .* square to 9"),
 }
-
-
-def peak_allocation(function):
-    tracemalloc.start()
-    try:
-        function()
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return peak
 
 
 @pytest.mark.parametrize("case", HOSTILE)

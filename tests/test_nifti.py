@@ -7,13 +7,12 @@ import os
 import subprocess
 import sys
 import time
-import tracemalloc
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from helpers import write_nifti
+from helpers import peak_allocation, write_nifti
 from nidataset import InvalidVolumeError, resampling
 
 
@@ -24,16 +23,6 @@ def nifti_bytes(shape, payload, dtype=np.int16):
     header.set_data_shape(shape)
     header["vox_offset"] = 352
     return header.binaryblock + b"\0" * 4 + payload
-
-
-def peak_allocation(function):
-    tracemalloc.start()
-    try:
-        function()
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return peak
 
 
 def test_header_claiming_petabytes_fails_at_once(tmp_path):
