@@ -1,4 +1,4 @@
-"""Helpers shared by streaming.py, executors.py, labels_preview.py and identical.py.
+"""Helpers shared by single_volume.py, streaming.py, executors.py, labels_preview.py and identical.py.
 
 - one ``resampling()`` call in a fresh process (the reference's interpreter, this project's, or another
   checkout's ``src`` put first on ``PYTHONPATH``), with its wall time and peak resident memory;
