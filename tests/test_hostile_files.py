@@ -1,6 +1,7 @@
 """Hostile headers, failing devices and impossible sizes: each a clear error that names the file, raised
 before anything the file describes is allocated or computed, and nothing written."""
 
+import contextlib
 import errno
 import gzip
 import io
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from helpers import peak_allocation, write_nifti
-from nidataset import InvalidVolumeError, _nifti, _pipeline, resampling
+from nidataset import InvalidVolumeError, _nifti, _pipeline, _storage, resampling
 from nidataset._options import Options
 
 SHAPE = (200, 200, 100)  # 8 MB of int16 voxels: far more than checking a header may allocate
@@ -177,15 +178,15 @@ class FailingDevice(io.RawIOBase):
 
 @pytest.fixture
 def failing_device(monkeypatch):
-    """Make every gzip read of this project fail with EIO after the given number of compressed bytes."""
+    """Make every file this project reads fail with EIO after the given number of compressed bytes."""
 
     def install(good):
-        for module in (_nifti.igzip, _nifti.gzip):  # ISA-L for voxels, the standard library for headers
+        @contextlib.contextmanager
+        def failing(self, path, block=0):
+            with FailingDevice(path, good) as device:
+                yield device
 
-            def failing(path, mode="rb", *args, real_open=module.open, **kwargs):
-                return real_open(FailingDevice(path, good), mode, *args, **kwargs)
-
-            monkeypatch.setattr(module, "open", failing)
+        monkeypatch.setattr(_storage.Storage, "open_input", failing)
 
     return install
 

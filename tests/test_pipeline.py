@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from helpers import write_nifti
-from nidataset import _nifti, _pipeline
+from nidataset import _nifti, _pipeline, _storage
 from nidataset._engine import resize
 from nidataset._options import Options
 from nidataset.preprocessing import resampling
@@ -106,15 +106,16 @@ def test_preview_takes_the_planes_from_the_slabs_without_a_second_read(volume, t
     pytest.importorskip("matplotlib")
     src, data = volume
     opened = []
-    real_open = _nifti.igzip.open
+    real_open = _storage.Storage.open_input
 
-    def spy(path, *args, **kwargs):
-        opened.append(os.fspath(path))
-        return real_open(path, *args, **kwargs)
+    def spy(self, path, block=_storage.STREAM_BLOCK):
+        if block == _storage.STREAM_BLOCK:  # voxels, not a header
+            opened.append(os.fspath(path))
+        return real_open(self, path, block)
 
-    monkeypatch.setattr(_nifti.igzip, "open", spy)
+    monkeypatch.setattr(_storage.Storage, "open_input", spy)
     out = resampling(src, tmp_path / "out", (9, 41, 8), preview=True)
-    assert opened == [src]  # the input once; the output never read back
+    assert opened == [src]  # the input's voxels once; the output never read back
     # The planes drawn are the volumes' own mid-planes.
     planes = _nifti.read_mid_planes(src).planes()
     np.testing.assert_array_equal(planes[0], data[10])

@@ -7,7 +7,9 @@ it, before anything it describes is allocated; nibabel then parses it. The voxel
 (python-isal: 2-4 times faster than zlib, the same standard gzip), whole or a slab of slices at a time,
 and written back a slab at a time by :class:`SlabWriter`. Writes are atomic (see
 :mod:`nidataset._atomic`, whose :func:`atomic_file` and :func:`remove_stale_temporaries` are also
-found here). :class:`MidPlanes` keeps the three mid-planes of slabs as they stream by, for previews.
+found here). Files are opened through :class:`nidataset._storage.Storage`: a local path, or a URL
+read by ranged requests and uploaded as it is compressed. :class:`MidPlanes` keeps the three mid-planes
+of slabs as they stream by, for previews.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from nibabel.spatialimages import HeaderDataError
 
 from ._atomic import atomic_file, remove_stale_temporaries
 from ._geometry import resized_affine, resized_zooms
+from ._storage import HEADER_BLOCK, LOCAL, STREAM_BLOCK, Storage, is_url, local_path, name_of
 
 __all__ = [
     "READ_ERRORS",
@@ -98,7 +101,7 @@ class Source:
     """A NIfTI file whose header has been read and checked; its voxels are read on demand.
 
     `shape` and `dtype` are those of the stored voxels (``X, Y, Z``, on-disk byte order); they start
-    `offset` bytes into the decompressed stream.
+    `offset` bytes into the decompressed stream; `storage` opens `path`.
     """
 
     path: str
@@ -106,6 +109,7 @@ class Source:
     shape: tuple[int, int, int]
     dtype: np.dtype
     offset: int
+    storage: Storage = LOCAL
 
     @property
     def stored_shape(self) -> tuple[int, int, int]:
@@ -122,7 +126,7 @@ def prefix(path: str | os.PathLike) -> str:
     >>> prefix("scans/patient_001.nii.gz")
     'patient_001'
     """
-    name = os.path.basename(os.fspath(path))
+    name = name_of(os.fspath(path))
     return name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
 
 
@@ -148,7 +152,7 @@ def preview_name(path: str | os.PathLike[str]) -> str:
     return f"{prefix(path)}_preview.png"
 
 
-def open_volume(path: str) -> Source:
+def open_volume(path: str, storage: Storage = LOCAL) -> Source:
     """Read and check the header of a 3D NIfTI volume; trailing singleton dimensions are dropped.
 
     The header is checked before any voxel is read and before nibabel parses it, so that a hostile
@@ -167,8 +171,9 @@ def open_volume(path: str) -> Source:
         names the file. FileNotFoundError, PermissionError and IsADirectoryError as raised by ``open``.
     """
     with _read_errors(path):
-        offset = _check_header(path)
-        image = nib.load(path)  # parses the header only
+        with storage.open_input(path, HEADER_BLOCK) as raw:
+            offset = _check_header(path, raw, storage)
+            image = _parse_image(path, raw) if is_url(path) else nib.load(local_path(path))  # the header only
         if not isinstance(image, nib.Nifti1Image):  # Nifti2Image is a subclass
             raise InvalidVolumeError(f"'{path}' is not a NIfTI image (read as {type(image).__name__})")
         # nibabel moves scl_slope/scl_inter from the header it returns into the data proxy: put them back.
@@ -181,7 +186,8 @@ def open_volume(path: str) -> Source:
         if int(proxy.offset) != offset:  # the header nibabel returns has vox_offset reset to 0
             raise _invalid(path, f"nibabel reads its voxels from byte {int(proxy.offset)}, not {offset}")
     x, y, z = shape[:3]
-    return Source(path=path, header=header, shape=(x, y, z), dtype=header.get_data_dtype(), offset=offset)
+    dtype = header.get_data_dtype()
+    return Source(path=path, header=header, shape=(x, y, z), dtype=dtype, offset=offset, storage=storage)
 
 
 def largest_size(header: nib.Nifti1Header) -> int:
@@ -254,9 +260,9 @@ def read_slabs(
             yield block
 
 
-def read_mid_planes(path: str) -> MidPlanes:
+def read_mid_planes(path: str, storage: Storage = LOCAL) -> MidPlanes:
     """Read the three mid-planes of the volume at `path`, a slab at a time (see :class:`MidPlanes`)."""
-    source = open_volume(path)
+    source = open_volume(path, storage)
     planes = MidPlanes(source.header)
     for block in read_slabs(source, max(1, (1 << 21) // max(1, source.shape[0] * source.shape[1]))):
         planes.add(block)
@@ -298,13 +304,15 @@ def _sizes(shape: Sequence[int]) -> str:
     return " x ".join(str(int(n)) for n in shape)
 
 
-def _check_header(path: str) -> int:
+def _check_header(path: str, raw: BinaryIO, storage: Storage) -> int:
     """Check the header of the file at `path` field by field, and its claimed size; return the voxels' offset.
 
-    Only the header, the extensions' own 8-byte headers and the gzip trailer are read (with the standard
-    library's gzip, which inflates no more than it is asked for; ISA-L's reader inflates 512 KiB ahead).
+    Only the header, the extensions' own 8-byte headers and the gzip trailer are read from `raw` (with the
+    standard library's gzip, which inflates no more than it is asked for; ISA-L's reader inflates 512 KiB
+    ahead); `raw` is left where it was.
     """
-    with gzip.open(path, "rb") as stream:
+    start = raw.tell()
+    with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
         block = stream.read(_FORMATS[1][2])
         version = _version(path, block)
         klass, size, first = _FORMATS[version]
@@ -314,10 +322,27 @@ def _check_header(path: str) -> int:
             raise _invalid(path, f"it holds {len(block)} bytes, fewer than a NIfTI-{version} header's {size}")
         header = _parse(path, klass, block[:size])
         shape, dtype, offset = _check_fields(path, header, first)
-        _check_claimed_size(path, offset + math.prod(shape) * dtype.itemsize)
-        if len(block) > size and block[size] != 0:  # the first byte of the extension flag
+        extended = len(block) > size and block[size] != 0  # the first byte of the extension flag
+    _check_claimed_size(path, raw, storage, offset + math.prod(shape) * dtype.itemsize)
+    if extended:
+        raw.seek(start)
+        with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+            stream.seek(first)
             _check_extensions(path, stream, header.endianness, first, offset)
+    raw.seek(start)
     return offset
+
+
+def _parse_image(path: str, raw: BinaryIO) -> nib.Nifti1Image:
+    """Parse the header (and extensions) at the start of `raw` as nibabel's ``load`` parses a file's."""
+    with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+        magic = stream.read(_FORMATS[2][2])
+        stream.seek(0)
+        kind = nib.Nifti2Image if _version(path, magic) == 2 else nib.Nifti1Image
+        sign = magic[4:8] if kind is nib.Nifti2Image else magic[344:348]
+        if sign.rstrip(b"\0") not in (b"n+1", b"n+2"):
+            raise _invalid(path, f"its magic {sign!r} is that of a header without its voxels (.hdr/.img)")
+        return kind.from_stream(stream)
 
 
 def _version(path: str, block: bytes) -> int:
@@ -432,7 +457,11 @@ def _check_extensions(path: str, stream: gzip.GzipFile, endianness: str, start: 
 @contextlib.contextmanager
 def _voxels(source: Source) -> Iterator[Callable[[np.ndarray], None]]:
     """Open the voxels of `source`; yield a function that fills C-contiguous arrays from them, in order."""
-    with _read_errors(source.path), igzip.open(source.path, "rb") as stream:
+    with (
+        _read_errors(source.path),
+        source.storage.open_input(source.path, STREAM_BLOCK) as raw,
+        igzip.IGzipFile(fileobj=raw, mode="rb") as stream,
+    ):
         stream.seek(source.offset)
         done = source.offset
 
@@ -454,26 +483,25 @@ def _voxels(source: Source) -> Iterator[Callable[[np.ndarray], None]]:
         yield fill
 
 
-def _check_claimed_size(path: str, claimed: int) -> None:
-    """Fail unless the gzip file at `path` decompresses to at least `claimed` bytes.
+def _check_claimed_size(path: str, raw: BinaryIO, storage: Storage, claimed: int) -> None:
+    """Fail unless the gzip file at `path`, open as `raw`, decompresses to at least `claimed` bytes.
 
     The file is read only when neither its size nor its gzip trailer settles the question.
     """
-    compressed = os.path.getsize(path)
+    compressed = raw.seek(0, os.SEEK_END)
     if claimed > _MAX_DEFLATE_RATIO * compressed + 1024:
         raise InvalidVolumeError(
             f"'{path}' is not a readable NIfTI file: its header claims {claimed:,} bytes, more than a "
             f"{compressed:,}-byte gzip file can hold"
         )
-    with open(path, "rb") as raw:
-        raw.seek(-4, os.SEEK_END)
-        size_mod_4g = int.from_bytes(raw.read(4), "little")  # ISIZE of the last gzip member
+    raw.seek(max(0, compressed - 4))
+    size_mod_4g = int.from_bytes(raw.read(4), "little")  # ISIZE of the last gzip member
     if size_mod_4g == claimed % 2**32:
         return  # the usual single-member file whose length matches its header
     # Several gzip members, trailing bytes, or a truncated or lying file: count what is there.
     held = 0
     buffer = bytearray(_CHUNK)
-    with igzip.open(path, "rb") as stream:
+    with storage.open_input(path, STREAM_BLOCK) as whole, igzip.IGzipFile(fileobj=whole, mode="rb") as stream:
         while held < claimed and (n := stream.readinto(buffer)):
             held += n
     if held < claimed:
@@ -530,10 +558,20 @@ class SlabWriter:
     wait : bool
         Return from :meth:`write` only once what it handed on is compressed and written, so that
         compressing never runs beside the caller's own work.
+    storage : Storage
+        Opens `path`: a local file, or a URL uploaded as the bytes come out of the compressor.
     """
 
-    def __init__(self, path: str, header: nib.Nifti1Header, threads: int = 1, wait: bool = False):
+    def __init__(
+        self,
+        path: str,
+        header: nib.Nifti1Header,
+        threads: int = 1,
+        wait: bool = False,
+        storage: Storage = LOCAL,
+    ):
         self.path = path
+        self.storage = storage
         self.header = header.copy()
         self.header["vox_offset"] = 0  # nibabel places the data right after the header and extensions
         self.dtype = self.header.get_data_dtype()
@@ -551,7 +589,7 @@ class SlabWriter:
     def _open(self) -> Generator[BinaryIO, None, None]:
         """Open the temporary file and its compressor, and write the header; rename on success."""
         with (
-            atomic_file(self.path) as raw,
+            self.storage.upload(self.path) as raw,
             _compressor(raw, self.threads) as gz,
         ):
             head = io.BytesIO()  # nibabel writes extensions with tell(), which the threaded writer lacks

@@ -50,6 +50,7 @@ from ._engine import (
 from ._labels import LabelEngine
 from ._nonfinite import NonFinitePatch
 from ._options import Options
+from ._storage import LOCAL, Storage, is_url, join, name_of
 
 __all__ = ["resample_file"]
 
@@ -65,15 +66,16 @@ def resample_file(
     threads: int = 1,
     skip_existing: bool = False,
     slab_values: int = SLAB_VALUES,
+    storage: Storage = LOCAL,
 ) -> str:
     """Resample the volume at `path` to `shape` voxels into ``folder/<PREFIX>_resampled.nii.gz``.
 
     Parameters
     ----------
     path : str
-        A ``.nii.gz`` file (already checked to exist).
+        A ``.nii.gz`` file (already checked to exist): a local path or a URL.
     folder : str
-        Output folder, created if needed ("" is the current folder).
+        Output folder, created if needed ("" is the current folder), or a URL's prefix.
     shape : (int, int, int)
         Output size ``X, Y, Z``.
     options : Options
@@ -89,11 +91,13 @@ def resample_file(
     slab_values : int
         About how many values a slab holds. The default makes the output independent of the number of
         threads; other sizes can change the last bits of float rounding (BLAS picks kernels by size).
+    storage : Storage
+        Opens URLs (endpoint, credentials); local paths need nothing of it.
 
     Returns
     -------
     str
-        Path of the output.
+        Path (or URL) of the output.
 
     Raises
     ------
@@ -105,26 +109,30 @@ def resample_file(
         If what the run holds cannot be allocated: the message names the file, the sizes and about how
         much memory they need.
     OSError
-        If a file cannot be read or written (the device fails, the disk is full...).
+        If a file cannot be read or written (the device fails, the disk is full...); for a URL, as
+        :mod:`nidataset._storage` says (no such bucket or object, refused credentials, no answer).
     """
-    target = os.path.join(folder, _nifti.output_name(path))
-    picture = os.path.join(folder, _nifti.preview_name(path))
-    source = _nifti.open_volume(path)
+    target = join(folder, _nifti.output_name(path))
+    picture = join(folder, _nifti.preview_name(path))
+    source = _nifti.open_volume(path, storage)
     header = _nifti.output_header(source, shape, align=options.align)
-    if skip_existing and os.path.isfile(target):
-        mismatch = _mismatch(target, shape, source.dtype)
+    if skip_existing and storage.is_file(target):
+        mismatch = _mismatch(target, shape, source.dtype, storage)
         if mismatch is None:
             logger.info("kept %s", target)
-            if options.preview and not os.path.isfile(picture):
-                _draw(path, target, _nifti.read_mid_planes(path), _nifti.read_mid_planes(target), picture)
+            if options.preview and not storage.is_file(picture):
+                original = _nifti.read_mid_planes(path, storage)
+                _draw(path, target, original, _nifti.read_mid_planes(target, storage), picture, storage)
             return target
         logger.info("redoing %s: %s", target, mismatch)
-    _check_name_length(target)
-    made = _make_folder(folder)
+    made = []
+    if not is_url(target):  # a bucket has no folders to make, and its keys' lengths are its own
+        _check_name_length(target)
+        made = _make_folder(folder)
     try:
         taps = _Taps(source, header) if options.preview else None
         with one_blas_thread():
-            _Run(source, header, target, options, threads, slab_values, taps).go()
+            _Run(source, header, target, options, threads, slab_values, taps, storage).go()
     except BaseException as err:
         _remove_empty(made)  # a failed file leaves no folder of its own behind
         if isinstance(err, MemoryError):
@@ -132,14 +140,14 @@ def resample_file(
         raise
     logger.info("resampled %s %s -> %s %s", path, source.shape, target, shape)
     if taps is not None:
-        _draw(path, target, taps.original, taps.resampled, picture)
+        _draw(path, target, taps.original, taps.resampled, picture, storage)
     return target
 
 
-def _mismatch(target: str, shape: tuple[int, int, int], dtype: np.dtype) -> str | None:
+def _mismatch(target: str, shape: tuple[int, int, int], dtype: np.dtype, storage: Storage) -> str | None:
     """Say why the existing output `target` is not what this run would write (None if it is)."""
     try:
-        existing = _nifti.open_volume(target)
+        existing = _nifti.open_volume(target, storage)
     except (ValueError, OSError) as err:  # InvalidVolumeError is a ValueError
         return f"it cannot be read ({err})"
     asked = tuple(int(n) for n in shape)
@@ -189,9 +197,11 @@ class _Run:
         threads: int,
         slab_values: int,
         taps: _Taps | None,
+        storage: Storage,
     ):
         self.source, self.header, self.target, self.options = source, header, target, options
         self.threads, self.slab_values, self.taps = threads, slab_values, taps
+        self.storage = storage
         self.in_shape = source.stored_shape
         x, y, z = (int(n) for n in header.get_data_shape()[:3])
         self.out_shape = (z, y, x)
@@ -349,7 +359,9 @@ class _Run:
     def _writer(self, busy: int) -> _nifti.SlabWriter:
         """Open the output's writer, compressing on the threads the `busy` others leave (at least one)."""
         compress = max(1, self.threads - busy)
-        return _nifti.SlabWriter(self.target, self.header, threads=compress, wait=self.threads == 1)
+        return _nifti.SlabWriter(
+            self.target, self.header, threads=compress, wait=self.threads == 1, storage=self.storage
+        )
 
     def _seen(self, block: np.ndarray) -> None:
         if self.taps is not None:
@@ -431,10 +443,10 @@ def _read_here(source: _nifti.Source, rows: int) -> Iterator[Iterator[np.ndarray
         blocks.close()
 
 
-def _draw(path: str, target: str, original: Any, resampled: Any, picture: str) -> None:
+def _draw(path: str, target: str, original: Any, resampled: Any, picture: str, storage: Storage) -> None:
     from ._preview import write_preview  # matplotlib: only when a preview is asked for
 
-    write_preview(original, resampled, picture, names=(os.path.basename(path), os.path.basename(target)))
+    write_preview(original, resampled, picture, names=(name_of(path), name_of(target)), storage=storage)
 
 
 def _sizes(shape: tuple[int, ...]) -> str:

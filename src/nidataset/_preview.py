@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._atomic import atomic_file
 from ._nifti import MidPlanes
+from ._storage import LOCAL, Storage
 
 __all__ = ["FORMATS", "Panel", "anatomical_panels", "write_preview"]
 
@@ -117,7 +117,11 @@ def _nearest_world_axes(linear: np.ndarray) -> list[int]:
 
 
 def write_preview(
-    original: MidPlanes, resampled: MidPlanes, picture: str, names: tuple[str, str] = ("", "")
+    original: MidPlanes,
+    resampled: MidPlanes,
+    picture: str,
+    names: tuple[str, str] = ("", ""),
+    storage: Storage = LOCAL,
 ) -> str:
     """Write a picture of the axial, coronal and sagittal mid-planes of two volumes, one row each.
 
@@ -125,7 +129,7 @@ def write_preview(
     subject's directions written on its edges (:func:`anatomical_panels`), and each row is titled with
     its file name, its volume's shape and its voxel spacing. Both rows share the grey scale of the
     original (its 0.5th to 99.5th percentiles on the planes shown). The format follows the suffix of
-    `picture` (:data:`FORMATS`); the file is written atomically.
+    `picture` (:data:`FORMATS`); the file is written atomically, by `storage` if it is a URL.
 
     Raises
     ------
@@ -186,6 +190,6 @@ def write_preview(
             ax.text(0.98, 0.5, right, ha="right", va="center", **style)
             ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
             ax.text(0.5, 0.98, top, ha="center", va="top", **style)
-    with atomic_file(picture) as out:
+    with storage.upload(picture) as out:
         FigureCanvasAgg(figure).print_figure(out, format=FORMATS[suffix], dpi=100)
     return picture

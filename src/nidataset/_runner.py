@@ -25,6 +25,7 @@ from typing import Any
 from . import _nifti
 from ._options import Options, check_input_file
 from ._pipeline import resample_file
+from ._storage import LOCAL, Storage, is_url, join
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +62,12 @@ class DatasetError(RuntimeError):
         return type(self), (self.failures, self.outputs)
 
 
-def list_inputs(folder: str | os.PathLike, suffix: str) -> list[str]:
+def list_inputs(folder: str | os.PathLike, suffix: str, storage: Storage = LOCAL) -> list[str]:
     """Paths of the entries directly in `folder` whose name ends in `suffix`, sorted by name.
 
     Every such entry is listed, whatever it is: one that is not a readable regular file (a folder, a FIFO,
-    a broken or looping symbolic link) fails with its reason when its turn comes, and stops nothing.
+    a broken or looping symbolic link) fails with its reason when its turn comes, and stops nothing. A
+    URL's prefix lists the objects directly under it (see :meth:`Storage.list_folder`).
 
     Raises
     ------
@@ -73,6 +75,8 @@ def list_inputs(folder: str | os.PathLike, suffix: str) -> list[str]:
         If `folder` does not exist, is not a folder, or holds no such entry.
     """
     folder = os.fspath(folder)
+    if is_url(folder):
+        return storage.list_folder(folder, suffix)
     if not os.path.isdir(folder):
         if os.path.lexists(folder):
             raise FileNotFoundError(f"the dataset folder '{folder}' is a file, not a folder")
@@ -93,13 +97,17 @@ def without_outputs(job: DatasetJob, inputs: Sequence[str]) -> list[str]:
     outputs = set()
     for path in inputs:
         try:
-            outputs.add(os.path.realpath(job.target(path)))
+            outputs.add(_real(job.target(path)))
         except ValueError:
             pass  # reported when that file runs
-    kept = [path for path in inputs if os.path.realpath(path) not in outputs]
+    kept = [path for path in inputs if _real(path) not in outputs]
     if len(kept) < len(inputs):
         logger.info("left out %d files that are outputs of this run", len(inputs) - len(kept))
     return kept
+
+
+def _real(path: str) -> str:
+    return path if is_url(path) else os.path.realpath(path)
 
 
 @dataclass(frozen=True)
@@ -107,7 +115,8 @@ class DatasetJob:
     """Resample one file of a dataset into its place: picklable, for other processes and Dask tasks.
 
     `threads` is what each file may use: the caller's share when files run one after the other, one
-    core when they run side by side on a pool or a cluster.
+    core when they run side by side on a pool or a cluster. `storage` opens the URLs (it travels with the
+    job: a cluster's workers need no shared file system when inputs and outputs are URLs).
     """
 
     root: str
@@ -116,19 +125,24 @@ class DatasetJob:
     options: Options
     threads: int
     skip_existing: bool = False
+    storage: Storage = LOCAL
     # Differs between runs: Dask would otherwise hand back the result of an identical earlier task.
     run: str = field(default_factory=lambda: secrets.token_hex(8))
 
     def folder(self, path: str) -> str:
         """Return the output folder of the input `path`."""
-        return self.root if self.saving_mode == "folder" else os.path.join(self.root, case_folder(path))
+        return self.root if self.saving_mode == "folder" else join(self.root, case_folder(path))
 
     def target(self, path: str) -> str:
         """Return the output file of the input `path`."""
-        return os.path.join(self.folder(path), _nifti.output_name(path))
+        return join(self.folder(path), _nifti.output_name(path))
 
     def __call__(self, path: str) -> str:
-        check_input_file(path, _nifti.SUFFIX)  # here, where it runs: not a FIFO, a folder, a broken link
+        # Checked here, where it runs: not a FIFO, a folder, a broken link; an object that is still there.
+        if is_url(path):
+            self.storage.check_input(path, _nifti.SUFFIX)
+        else:
+            check_input_file(path, _nifti.SUFFIX)
         return resample_file(
             path,
             self.folder(path),
@@ -136,6 +150,7 @@ class DatasetJob:
             self.options,
             threads=self.threads,
             skip_existing=self.skip_existing,
+            storage=self.storage,
         )
 
 
@@ -155,6 +170,8 @@ def case_folder(path: str) -> str:
 
 def remove_stale_temporaries(job: DatasetJob, inputs: Sequence[str]) -> None:
     """Clear what killed runs left in the output folders of `inputs` (hidden temporary files only)."""
+    if is_url(job.root):
+        return  # an S3 upload left by a killed run is aborted by the next upload of the same object
     folders = {job.root}
     for path in inputs:
         try:

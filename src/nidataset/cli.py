@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -30,11 +31,20 @@ examples:
   nidataset resample scans/ resampled/ --size 224 224 128 --scheduler tcp://10.0.0.5:8786
   nidataset resample masks/ resampled/ --size 224 224 128 --interpolation label --align center
   nidataset resample scans/ small/ --size 64 64 32 --antialias --preview
+  nidataset resample s3://bucket/scans/ s3://bucket/resampled/ --size 224 224 128 --workers 2
+  nidataset resample s3://bucket/scans/ s3://bucket/resampled/ --size 224 224 128 \
+      --scheduler tcp://10.0.0.5:8786 --storage-option endpoint_url=https://s3.example.org
 
 A folder INPUT resamples every *.nii.gz directly inside it. With --mode case (the default for a
 folder) each result goes to OUTPUT/<PREFIX>/<PREFIX>_resampled.nii.gz; with --mode folder (the default
 for a file) to OUTPUT/<PREFIX>_resampled.nii.gz. Outputs appear only when complete, so a run that was
 killed is finished by running it again with --skip-existing.
+
+INPUT and OUTPUT may be URLs (pip install 'nidataset[cloud]'): s3://, gs://, az://, and https:// for
+an input file. A URL ending in .nii.gz is a file; any other is a folder (a prefix of keys), whose
+*.nii.gz objects directly under it are the inputs. Endpoints and credentials come from
+--storage-option KEY=VALUE (VALUE read as JSON when it is JSON: anon=true), fsspec's configuration
+(FSSPEC_S3_ENDPOINT_URL=...) or the store's usual ones (AWS_PROFILE, ...).
 
 exit status: 0 all written, 1 some files failed (each named on stderr), 2 usage error,
 130 interrupted (what was finished stays; --skip-existing resumes)
@@ -49,6 +59,17 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _storage_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE``: VALUE as JSON if it is JSON (``true``, ``5``, ``{...}``), else as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
 
 
 def _get_parser() -> argparse.ArgumentParser:
@@ -68,8 +89,10 @@ def _get_parser() -> argparse.ArgumentParser:
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    resample.add_argument("input", metavar="INPUT", help="a .nii.gz file or a folder of them")
-    resample.add_argument("output", metavar="OUTPUT", help="folder for the results (created if needed)")
+    resample.add_argument("input", metavar="INPUT", help="a .nii.gz file or a folder of them (or a URL)")
+    resample.add_argument(
+        "output", metavar="OUTPUT", help="folder for the results (created if needed), or a URL's prefix"
+    )
     resample.add_argument(
         "--size", nargs=3, type=_positive_int, required=True, metavar=("X", "Y", "Z"), help="output voxels"
     )
@@ -108,6 +131,14 @@ def _get_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the written path (file) or a completion line (folder), and each output kept",
     )
+    resample.add_argument(
+        "--storage-option",
+        type=_storage_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the URLs' file system (fsspec storage_options): endpoint_url=...; repeatable",
+    )
     resample.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     resample.add_argument(
         "-v", "--verbose", action="store_true", help="the library's log lines (files resampled, kept, ...)"
@@ -123,14 +154,22 @@ def _get_parser() -> argparse.ArgumentParser:
         epilog="example:\n  nidataset preview scans/ct.nii.gz resampled/ct_resampled.nii.gz -o ct.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    preview.add_argument("original", metavar="ORIGINAL", help="the input volume (.nii.gz)")
-    preview.add_argument("resampled", metavar="RESAMPLED", help="its resampled version (.nii.gz)")
+    preview.add_argument("original", metavar="ORIGINAL", help="the input volume (.nii.gz, or a URL)")
+    preview.add_argument("resampled", metavar="RESAMPLED", help="its resampled version (.nii.gz, or a URL)")
     preview.add_argument(
         "-o",
         "--output",
         required=True,
         metavar="PICTURE",
         help="the picture to write: .png, .pdf, .svg or .jpg",
+    )
+    preview.add_argument(
+        "--storage-option",
+        type=_storage_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the URLs' file system, as for resample; repeatable",
     )
     preview.set_defaults(command_parser=preview)
     return parser
@@ -192,23 +231,33 @@ def _stamps(args: argparse.Namespace) -> dict[str, tuple[int, int] | None]:
     An input folder that cannot be listed gives nothing here: the command reports it.
     """
     from ._nifti import SUFFIX, output_name, prefix
+    from ._storage import is_url, join
 
+    storage = _storage(args)
     try:
-        if os.path.isdir(args.input):
-            names = sorted(name for name in os.listdir(args.input) if name.endswith(SUFFIX))
-            inputs, mode = [os.path.join(args.input, name) for name in names], args.mode or "case"
+        if _is_folder(args.input):
+            if is_url(args.input):
+                inputs = storage.list_folder(args.input, SUFFIX)
+            else:
+                names = sorted(name for name in os.listdir(args.input) if name.endswith(SUFFIX))
+                inputs = [os.path.join(args.input, name) for name in names]
+            mode = args.mode or "case"
         else:
             inputs, mode = [args.input], args.mode or "folder"
-    except OSError:
+        remote = storage.stamps(args.output) if is_url(args.output) else {}
+    except (OSError, ImportError, ValueError):
         return {}
     targets = {
-        path: os.path.join(args.output, *([prefix(path)] if mode == "case" else []), output_name(path))
+        path: join(join(args.output, prefix(path)) if mode == "case" else args.output, output_name(path))
         for path in inputs
     }
-    outputs = {os.path.realpath(target) for target in targets.values()}
-    stamps: dict[str, tuple[int, int] | None] = {}
+    real = {target: target if is_url(target) else os.path.realpath(target) for target in targets.values()}
+    stamps: dict[str, Any] = {}
     for path, target in targets.items():
-        if os.path.realpath(path) in outputs:
+        if (path if is_url(path) else os.path.realpath(path)) in real.values():
+            continue
+        if is_url(target):
+            stamps[target] = remote.get(target)
             continue
         try:
             info = os.stat(target)
@@ -216,6 +265,21 @@ def _stamps(args: argparse.Namespace) -> dict[str, tuple[int, int] | None]:
         except OSError:
             stamps[target] = None
     return stamps
+
+
+def _storage(args: argparse.Namespace) -> Any:
+    """Return the Storage of the command's --storage-option values."""
+    from ._storage import Storage
+
+    return Storage.of(dict(args.storage_option) or None)
+
+
+def _is_folder(path: str) -> bool:
+    """Whether INPUT is a folder: a local folder, or a URL that does not end in .nii.gz (a prefix)."""
+    from ._nifti import SUFFIX
+    from ._storage import is_url, name_of
+
+    return not name_of(path).endswith(SUFFIX) if is_url(path) else os.path.isdir(path)
 
 
 def _interrupted(args: argparse.Namespace | None, before: dict[str, tuple[int, int] | None]) -> str:
@@ -235,12 +299,13 @@ def _resample(
     args: argparse.Namespace, command: argparse.ArgumentParser, before: dict[str, tuple[int, int] | None]
 ) -> int:
     from ._options import check_installed, check_options
+    from ._storage import is_url
 
-    if not os.path.lexists(args.input):
+    if not is_url(args.input) and not os.path.lexists(args.input):
         command.error(f"INPUT '{args.input}' does not exist")
     if args.workers > 1 and args.scheduler:
         command.error("give --workers or --scheduler, not both")
-    if not os.path.isdir(args.input) and (args.workers > 1 or args.scheduler):
+    if not _is_folder(args.input) and (args.workers > 1 or args.scheduler):
         command.error("--workers and --scheduler share out the files of a folder; INPUT is one file")
     try:
         check_options(args.interpolation, args.antialias, args.align, args.preview)
@@ -251,7 +316,7 @@ def _resample(
     except ValueError as err:
         command.error(str(err))
     with _log_to_stderr() if args.verbose else contextlib.nullcontext():
-        if os.path.isdir(args.input):
+        if _is_folder(args.input):
             status, outputs = _resample_folder(args, command)
         else:
             status, outputs = _resample_file(args, command)
@@ -299,16 +364,22 @@ def _options(args: argparse.Namespace) -> dict:
         "align": args.align,
         "preview": args.preview,
         "threads": args.threads,
+        "storage_options": dict(args.storage_option) or None,
     }
 
 
 def _preview(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
     from ._nifti import SUFFIX
     from ._options import check_input_file, check_installed
+    from ._storage import is_url, name_of
 
+    storage = _storage(args)
     try:
         for path in (args.original, args.resampled):
-            check_input_file(path, SUFFIX)
+            if is_url(path):
+                storage.check_input(path, SUFFIX)
+            else:
+                check_input_file(path, SUFFIX)
         check_installed("matplotlib", "preview")
     except (ImportError, ValueError, OSError) as err:
         command.error(_reason(err))
@@ -319,15 +390,16 @@ def _preview(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
             f"-o must end in one of {', '.join(FORMATS)} (the picture's format), got '{args.output}'"
         )
     folder = os.path.dirname(args.output) or os.curdir
-    if not os.path.isdir(folder):
+    if not is_url(args.output) and not os.path.isdir(folder):
         command.error(f"the folder of '{args.output}' does not exist")
     from ._nifti import read_mid_planes
     from ._preview import write_preview
 
     try:
-        original, resampled = read_mid_planes(args.original), read_mid_planes(args.resampled)
-        names = (os.path.basename(args.original), os.path.basename(args.resampled))
-        write_preview(original, resampled, args.output, names=names)
+        original = read_mid_planes(args.original, storage)
+        resampled = read_mid_planes(args.resampled, storage)
+        names = (name_of(args.original), name_of(args.resampled))
+        write_preview(original, resampled, args.output, names=names, storage=storage)
     except (ValueError, OSError, MemoryError) as err:
         print(f"nidataset: failed: {_reason(err)}", file=sys.stderr)
         return EXIT_FAILED
@@ -336,13 +408,14 @@ def _preview(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
 
 def _resample_file(args: argparse.Namespace, command: argparse.ArgumentParser) -> tuple[int, list[str]]:
     from ._nifti import SUFFIX, prefix
+    from ._storage import join, name_of
     from .preprocessing import resampling
 
-    if not args.input.endswith(SUFFIX):
+    if not name_of(args.input).endswith(SUFFIX):
         command.error(f"INPUT must be a folder or a '{SUFFIX}' file, got '{args.input}'")
     folder = args.output
     if args.mode == "case":
-        folder = os.path.join(folder, prefix(args.input))
+        folder = join(folder, prefix(args.input))
     try:
         output = resampling(
             args.input, folder, args.size, args.debug, **_options(args), skip_existing=args.skip_existing
@@ -385,7 +458,7 @@ def _resample_folder(args: argparse.Namespace, command: argparse.ArgumentParser)
         print(f"nidataset: {len(err.failures)} of {total} files failed", file=sys.stderr)
         return EXIT_FAILED, err.outputs
     except FileNotFoundError as err:  # no .nii.gz file in the folder: checked before any work
-        command.error(str(err))
+        command.error(_reason(err))
     except OSError as err:  # e.g. an output folder that cannot be created, before any file
         print(f"nidataset: failed: {_reason(err)}", file=sys.stderr)
         return EXIT_FAILED, []

@@ -8,13 +8,15 @@ dataset runner (:mod:`nidataset._runner`).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
+from typing import Any
 
 from . import _nifti, _options, _runner
 from ._nifti import InvalidVolumeError
 from ._pipeline import resample_file
 from ._runner import DatasetError
+from ._storage import Storage, is_url, local_path
 
 __all__ = ["DatasetError", "InvalidVolumeError", "resampling", "resampling_dataset"]
 
@@ -31,6 +33,7 @@ def resampling(
     preview: bool = False,
     threads: int | None = None,
     skip_existing: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> str:
     """Resample a 3D NIfTI volume to `desired_volume` voxels, keeping its field of view.
 
@@ -42,9 +45,12 @@ def resampling(
     Parameters
     ----------
     nii_path : str or os.PathLike
-        Input volume, a ``.nii.gz`` file. A 4D file whose extra dimensions are all 1 is read as 3D.
+        Input volume, a ``.nii.gz`` file. A 4D file whose extra dimensions are all 1 is read as 3D. Or an
+        fsspec URL: ``s3://bucket/scans/ct.nii.gz``, ``gs://...``, ``az://...``, ``https://...``
+        (``pip install 'nidataset[cloud]'``; S3 comes with it, the others need gcsfs, adlfs, aiohttp).
     output_path : str or os.PathLike
-        Folder for the result; created if needed ("" is the current folder).
+        Folder for the result; created if needed ("" is the current folder). Or a URL's prefix, such as
+        ``s3://bucket/resampled/``.
     desired_volume : sequence of 3 int
         Output size ``(X, Y, Z)`` in voxels: three positive integers (Python or NumPy).
     debug : bool, optional
@@ -73,6 +79,10 @@ def resampling(
     skip_existing : bool, optional
         If the output already exists, keep it untouched (drawing its preview if one is asked for and
         missing) instead of resampling again.
+    storage_options : dict, optional
+        For URLs: the options of their fsspec file system, such as ``{"endpoint_url": ..., "key": ...,
+        "secret": ...}`` for S3 (s3fs's), or ``{"anon": True}``. By default fsspec's own configuration
+        (``FSSPEC_S3_ENDPOINT_URL``, ...) and the store's usual credentials (``AWS_PROFILE``, ...) apply.
 
     Returns
     -------
@@ -95,9 +105,12 @@ def resampling(
         If `output_path` is not a folder, or cannot be created or written in: checked before the input
         is read.
     ImportError
-        If `preview` is asked for and matplotlib is not installed, before any work.
+        If `preview` is asked for and matplotlib is not installed, or a URL is given and fsspec (or the
+        package of its protocol) is not, before any work.
     OSError
-        If reading or writing fails (a full disk, a device error); the message names the file.
+        If reading or writing fails (a full disk, a device error); the message names the file. For a URL
+        (in ``err.filename``): FileNotFoundError (no such bucket or object), PermissionError (refused
+        credentials), ConnectionError (the store does not answer, or stops answering).
 
     See Also
     --------
@@ -120,7 +133,10 @@ def resampling(
     local: output voxels whose nearest input voxel is NaN are NaN, the others are finite.
 
     *Files.* The output is written to a hidden temporary file in `output_path` and renamed once
-    complete, so a failed or interrupted call never leaves a partial ``.nii.gz``.
+    complete, so a failed or interrupted call never leaves a partial ``.nii.gz``. In a bucket (S3, GCS,
+    Azure) it is uploaded as it is compressed, by a multipart upload that is committed only once
+    complete: a failed or killed call leaves no object (other stores: a hidden temporary key, then moved).
+    An input URL is read by ranged requests, a few MiB at a time, as the volume streams through.
 
     *Memory.* The volume streams from the input file to the output file a slab of slices at a time;
     what is held whole is the smaller of the input and the output, in its stored type (a float volume
@@ -160,13 +176,16 @@ def resampling(
     >>> import shutil
     >>> shutil.rmtree(folder)
     """
-    path = _check_input_file(nii_path)
+    storage = Storage.of(storage_options)
+    path = _check_input_file(nii_path, storage)
     shape = _options.check_desired_volume(desired_volume)
     options = _options.check_options(interpolation, antialias, align, preview)
     threads = _options.resolve_threads(threads)
     skip_existing = _options.check_flag("skip_existing", skip_existing)
-    folder = _check_output_folder(output_path)
-    target = resample_file(path, folder, shape, options, threads=threads, skip_existing=skip_existing)
+    folder = _check_output_folder(output_path, storage)
+    target = resample_file(
+        path, folder, shape, options, threads=threads, skip_existing=skip_existing, storage=storage
+    )
     if debug:
         print(f"Resampled image saved at: '{target}'")
     return target
@@ -188,6 +207,7 @@ def resampling_dataset(
     skip_existing: bool = False,
     progress: bool = True,
     threads: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Resample every ``.nii.gz`` volume of a folder to `desired_volume` voxels.
 
@@ -199,9 +219,10 @@ def resampling_dataset(
     Parameters
     ----------
     nii_folder : str or os.PathLike
-        Folder holding the input volumes.
+        Folder holding the input volumes; or a URL's prefix, such as ``s3://bucket/scans/``, whose
+        ``*.nii.gz`` objects directly under it are the inputs (see :func:`resampling` for URLs).
     output_path : str or os.PathLike
-        Root folder of the results; created if needed.
+        Root folder of the results; created if needed. Or a URL's prefix: the layouts are the same.
     desired_volume : sequence of 3 int
         Output size ``(X, Y, Z)`` in voxels.
     saving_mode : {"case", "folder"}, optional
@@ -216,7 +237,8 @@ def resampling_dataset(
     executor : concurrent.futures.Executor, optional
         Run the files on this executor instead, e.g. a ``ProcessPoolExecutor`` or a Dask cluster's
         ``distributed.Client(address).get_executor()`` (``pip install distributed``); its workers
-        must see the same paths. Not together with ``workers > 1``.
+        must see the same paths, or inputs and outputs are URLs (the workers then need no shared file
+        system, only the store and its credentials). Not together with ``workers > 1``.
     skip_existing : bool, optional
         Keep outputs that already exist, untouched, and resample only the others: resumes an interrupted
         run (outputs only ever appear complete, see :func:`resampling`).
@@ -226,6 +248,8 @@ def resampling_dataset(
         Threads each file may use. By default, files run one after the other use what a lone
         :func:`resampling` call would, and files run side by side (``workers > 1`` or an `executor`) one
         each: the pool or the cluster owns the cores.
+    storage_options : dict, optional
+        As for :func:`resampling`; handed to every worker with its files.
 
     Returns
     -------
@@ -235,7 +259,8 @@ def resampling_dataset(
     Raises
     ------
     FileNotFoundError
-        If `nii_folder` does not exist, is a file, or holds no ``.nii.gz`` file.
+        If `nii_folder` does not exist, is a file, or holds no ``.nii.gz`` file (for a URL: no such
+        bucket, or no ``.nii.gz`` object directly under the prefix).
     NotADirectoryError, PermissionError
         If `output_path` is not a folder, or cannot be created or written in: checked before any input
         is read.
@@ -275,6 +300,16 @@ def resampling_dataset(
 
     >>> parallel = os.path.join(folder, "parallel")
     >>> outputs = resampling_dataset(folder, parallel, (10, 10, 5), workers=2, progress=False)
+
+    From a bucket to a bucket (here fsspec's in-memory store; ``s3://`` with ``storage_options`` for
+    the endpoint and credentials works the same, and so does a Dask cluster's executor):
+
+    >>> import fsspec
+    >>> store = fsspec.filesystem("memory")
+    >>> store.put(os.path.join(folder, "a.nii.gz"), "memory://scans/a.nii.gz")
+    >>> resampling_dataset("memory://scans/", "memory://out/", (10, 10, 5), progress=False)
+    ['memory://out/a/a_resampled.nii.gz']
+    >>> store.rm("memory://scans/", recursive=True); store.rm("memory://out/", recursive=True)
     >>> import shutil
     >>> shutil.rmtree(folder)
     """
@@ -290,10 +325,10 @@ def resampling_dataset(
             raise ValueError("give workers or executor, not both")
     side_by_side = workers > 1 or executor is not None
     threads = _options.resolve_threads(threads) if threads is not None or not side_by_side else 1
-    inputs = _runner.list_inputs(nii_folder, _nifti.SUFFIX)
-    job = _runner.DatasetJob(
-        _check_output_folder(output_path), saving_mode, shape, options, threads, skip_existing
-    )
+    storage = Storage.of(storage_options)
+    inputs = _runner.list_inputs(_path("nii_folder", nii_folder), _nifti.SUFFIX, storage)
+    folder = _check_output_folder(output_path, storage)
+    job = _runner.DatasetJob(folder, saving_mode, shape, options, threads, skip_existing, storage=storage)
     inputs = _runner.without_outputs(job, inputs)
     _runner.remove_stale_temporaries(job, inputs)
     outputs = _runner.run(inputs, job, workers=workers, executor=executor, progress=progress)
@@ -302,15 +337,22 @@ def resampling_dataset(
     return outputs
 
 
-def _check_input_file(nii_path: str | os.PathLike) -> str:
-    path = os.fspath(nii_path)
+def _path(name: str, value: str | os.PathLike) -> str:
+    path = os.fspath(value)
     if not isinstance(path, str):
-        raise TypeError(f"nii_path must be a str or os.PathLike, got {type(nii_path).__name__}")
+        raise TypeError(f"{name} must be a str or os.PathLike, got {type(value).__name__}")
+    return local_path(path)  # a file:// URL is a local path
+
+
+def _check_input_file(nii_path: str | os.PathLike, storage: Storage) -> str:
+    path = _path("nii_path", nii_path)
+    if is_url(path):
+        return storage.check_input(path, _nifti.SUFFIX)
     return _options.check_input_file(path, _nifti.SUFFIX)
 
 
-def _check_output_folder(output_path: str | os.PathLike) -> str:
-    folder = os.fspath(output_path)
-    if not isinstance(folder, str):
-        raise TypeError(f"output_path must be a str or os.PathLike, got {type(output_path).__name__}")
+def _check_output_folder(output_path: str | os.PathLike, storage: Storage) -> str:
+    folder = _path("output_path", output_path)
+    if is_url(folder):
+        return storage.check_output_folder(folder)
     return _options.check_output_folder(folder)

@@ -1,0 +1,532 @@
+"""Where the bytes live: local paths, or fsspec URLs for object storage (``s3://``, ``gs://``, ``az://``...).
+
+A path with a scheme other than ``file://`` is a URL, opened through fsspec (imported only when a URL is
+met: ``pip install 'nidataset[cloud]'``). A ``file://`` URL is its local path. In a bucket, a "folder" is a
+prefix: ``s3://bucket/scans/`` holds the objects whose keys start with ``scans/``.
+
+:class:`Storage` carries the call's ``storage_options`` (endpoints, credentials), is picklable so that a
+Dask task carries it to workers that share no file system, and opens things:
+
+- :meth:`Storage.open_input`: a file to read, local or remote; a remote one is read by ranged requests
+  of a block at a time (small for headers, larger when streaming the voxels); an S3 object's voxels by
+  one request whose body is read as it arrives (a request per block would wait for each);
+- :meth:`Storage.upload`: a file to write, which appears under its final name only when complete. Local
+  files are written to a hidden temporary file and renamed (:mod:`nidataset._atomic`). Object stores
+  (S3, GCS, Azure) publish an upload under its key only when it is committed: a multipart upload,
+  committed once complete, aborted on failure; a killed writer leaves no object (S3 keeps the parts of an
+  unfinished upload until it is aborted: the next upload of the same key aborts them). Other stores
+  (``memory://``, FTP...) are written under a hidden temporary key, then moved.
+
+Every failure of a remote store is raised as an OSError naming the URL, with its errno where one fits:
+FileNotFoundError (no such bucket or key), PermissionError (refused credentials),
+ConnectionError (an endpoint that does not answer, or stops answering), OSError (EIO) for the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from ._atomic import atomic_file, temporary_name
+
+__all__ = ["LOCAL", "Storage", "is_url", "join", "name_of"]
+
+logger = logging.getLogger(__name__)
+
+#: A URL's scheme: ``s3://``, ``gs://``, ``simplecache::s3://`` (fsspec's chained URLs) ...
+_SCHEME = re.compile(r"\A([A-Za-z][A-Za-z0-9+.-]*)(::[A-Za-z][A-Za-z0-9+.-]*)*://")
+#: Stores whose uploads appear under their key only once committed (multipart, resumable, block lists).
+_COMMITTING = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
+#: Bytes fetched per request while a header is checked (the header and its extensions fit in one).
+HEADER_BLOCK = 1 << 16
+#: Bytes fetched per request while voxels stream in from stores other than S3 (S3: one request).
+STREAM_BLOCK = 1 << 21
+#: Bytes per uploaded part: S3's smallest (every part but the last must hold at least 5 MiB).
+_UPLOAD_BLOCK = 5 << 20
+
+
+def is_url(path: str) -> bool:
+    """Whether `path` is a URL for fsspec rather than a local path (``file://`` URLs are local paths).
+
+    Examples
+    --------
+    >>> is_url("s3://bucket/scans/"), is_url("scans/ct.nii.gz"), is_url("file:///data/ct.nii.gz")
+    (True, False, False)
+    """
+    match = _SCHEME.match(path)
+    return match is not None and not (match.group(1).lower() == "file" and match.group(2) is None)
+
+
+def local_path(path: str) -> str:
+    """`path` without a leading ``file://`` (a local path is returned as it is).
+
+    Examples
+    --------
+    >>> local_path("file:///data/ct.nii.gz"), local_path("data/ct.nii.gz")
+    ('/data/ct.nii.gz', 'data/ct.nii.gz')
+    """
+    return path[len("file://") :] if path[:7].lower() == "file://" else path
+
+
+def join(folder: str, name: str) -> str:
+    """`name` in `folder`: a local path, or a key under a URL's prefix.
+
+    Examples
+    --------
+    >>> join("s3://bucket/out/", "ct_resampled.nii.gz"), join("s3://bucket", "ct.nii.gz")
+    ('s3://bucket/out/ct_resampled.nii.gz', 's3://bucket/ct.nii.gz')
+    """
+    if is_url(folder):
+        return f"{folder.rstrip('/')}/{name}"
+    return os.path.join(folder, name)
+
+
+def name_of(path: str) -> str:
+    """Return the last part of a path or URL (an HTTP URL's without its query: a signed URL's name).
+
+    Examples
+    --------
+    >>> name_of("s3://bucket/scans/ct.nii.gz"), name_of("scans/ct.nii.gz")
+    ('ct.nii.gz', 'ct.nii.gz')
+    >>> name_of("https://host/bucket/ct.nii.gz?X-Amz-Signature=0f3c&X-Amz-Expires=3600")
+    'ct.nii.gz'
+    """
+    if not is_url(path):
+        return os.path.basename(path)
+    if path[:4].lower() == "http":
+        path = path.split("?", 1)[0].split("#", 1)[0]
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How to reach the URLs of one call: fsspec's `options` (endpoint, credentials...), picklable.
+
+    Local paths need none of it; the same object serves both.
+    """
+
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any] | None) -> Storage:
+        """Check the ``storage_options`` of a call and return its Storage.
+
+        Raises
+        ------
+        TypeError
+            If `options` is not a mapping with string keys.
+        """
+        if options is None:
+            return LOCAL
+        if not isinstance(options, Mapping) or not all(isinstance(key, str) for key in options):
+            raise TypeError(f"storage_options must be a dict with str keys, got {options!r}")
+        return cls(dict(options))
+
+    # --- reading -------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def open_input(self, path: str, block: int = STREAM_BLOCK) -> Iterator[BinaryIO]:
+        """Open `path` to read, seekable: a local file, or a remote one read `block` bytes per request."""
+        if not is_url(path):
+            with open(local_path(path), "rb") as file:
+                yield file
+            return
+        fs, key = self.filesystem(path)
+        if block >= STREAM_BLOCK and _protocol(fs) in ("s3", "s3a") and hasattr(fs, "call_s3"):
+            with _S3Body(fs, key, path) as body:
+                yield body  # type: ignore[misc]
+            return
+        with _failures(path, "reading"):
+            remote = fs.open(key, "rb", block_size=block, cache_type="readahead")
+        with _RemoteReader(remote, path) as reader:
+            yield reader  # type: ignore[misc]
+
+    def is_file(self, path: str) -> bool:
+        """Whether `path` is an existing file or object (the store is asked afresh, not its listing cache)."""
+        if not is_url(path):
+            return os.path.isfile(local_path(path))
+        fs, key = self.filesystem(path)
+        with _failures(path, "looking at"):
+            fs.invalidate_cache(key)
+            try:
+                return fs.info(key).get("type") == "file"
+            except FileNotFoundError:
+                return False
+
+    def check_input(self, url: str, suffix: str) -> str:
+        """Check that the object at `url` exists and its name ends in `suffix`; return `url`.
+
+        Raises
+        ------
+        FileNotFoundError, PermissionError, ConnectionError, OSError
+            As :class:`Storage` says, naming `url`.
+        IsADirectoryError
+            If `url` is a prefix holding objects, not an object.
+        ValueError
+            If the name does not end in `suffix`.
+        """
+        fs, key = self.filesystem(url)
+        with _failures(url, "looking at"):
+            fs.invalidate_cache(key)
+            info = fs.info(key)
+        if info.get("type") != "file":
+            raise IsADirectoryError(
+                errno.EISDIR, f"a folder, not a '{suffix}' object (resampling_dataset() resamples one)", url
+            )
+        if not name_of(url).endswith(suffix):
+            raise ValueError(f"the input file must be a '{suffix}' file, got '{url}'")
+        return url
+
+    def check_output_folder(self, url: str) -> str:
+        """Check that the bucket of `url` exists and answers (nothing is written); return `url`."""
+        fs, key = self.filesystem(url)
+        if _protocol(fs) not in _COMMITTING:
+            return url  # memory://, ftp://...: folders are made as they are written
+        bucket = key.split("/", 1)[0]
+        where = _bucket_url(url, bucket)
+        try:
+            with _failures(where, "looking at"):
+                fs.invalidate_cache(bucket)
+                info = fs.info(bucket)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(errno.ENOENT, "no such bucket", where) from err
+        if info.get("type") == "file":  # pragma: no cover  # a bucket is never an object
+            raise NotADirectoryError(errno.ENOTDIR, "not in a bucket", url)
+        return url
+
+    def list_folder(self, url: str, suffix: str) -> list[str]:
+        """URLs of the objects directly under the prefix `url` whose name ends in `suffix`, sorted.
+
+        Raises
+        ------
+        FileNotFoundError
+            If nothing is under `url`, or no such object.
+        """
+        fs, key = self.filesystem(url)
+        with _failures(url, "listing"):
+            fs.invalidate_cache(key)
+            try:
+                entries = fs.ls(key.rstrip("/"), detail=True)
+            except FileNotFoundError:
+                entries = []
+        names = sorted(
+            name
+            for entry in entries
+            if entry.get("type") == "file" and (name := entry["name"].rsplit("/", 1)[-1]).endswith(suffix)
+        )
+        if not names:
+            raise FileNotFoundError(errno.ENOENT, f"no '{suffix}' objects under this prefix", url)
+        return [join(url, name) for name in names]
+
+    def stamps(self, url: str) -> dict[str, tuple[str, str]]:
+        """Return the (ETag, modification time) of every object under the prefix `url`, by URL.
+
+        One listing (a request per thousand objects on S3), not a request per object.
+        """
+        fs, key = self.filesystem(url)
+        base = key.rstrip("/")
+        with _failures(url, "listing"):
+            fs.invalidate_cache(base)
+            found = fs.find(base, detail=True)
+        return {
+            join(url, name[len(base) + 1 :]): (
+                str(info.get("ETag", "")),
+                str(info.get("LastModified", info.get("mtime", info.get("created", "")))),
+            )
+            for name, info in found.items()
+            if name.startswith(base + "/")
+        }
+
+    # --- writing -------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def upload(self, path: str) -> Iterator[BinaryIO]:
+        """Open `path` to write; it appears under that name only if the block ends without an error."""
+        if not is_url(path):
+            with atomic_file(local_path(path)) as file:
+                yield file
+            return
+        fs, key = self.filesystem(path)
+        if _protocol(fs) in _COMMITTING:
+            with _failures(path, "writing"):
+                _abort_unfinished(fs, key)
+                remote = fs.open(key, "wb", block_size=_UPLOAD_BLOCK, autocommit=False)
+            try:
+                yield _RemoteWriter(remote, path)  # type: ignore[misc]
+                with _failures(path, "writing"):
+                    remote.close()  # uploads the last part
+                    remote.commit()  # and only now does the object appear
+            except BaseException:
+                _abandon(remote, path)
+                raise
+            return
+        folder, name = key.rsplit("/", 1) if "/" in key else ("", key)
+        hidden = f"{folder}/{temporary_name(name)}" if folder else temporary_name(name)
+        with _failures(path, "writing"):
+            remote = fs.open(hidden, "wb")
+        try:
+            yield _RemoteWriter(remote, path)  # type: ignore[misc]
+            with _failures(path, "writing"):
+                remote.close()
+                fs.mv(hidden, key)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                fs.rm(hidden)
+            raise
+
+    def filesystem(self, url: str) -> tuple[Any, str]:
+        """Return the fsspec file system of `url` with this call's options, and the path it knows `url` by.
+
+        fsspec keeps one file system per protocol and options in each process.
+
+        Raises
+        ------
+        ImportError
+            If fsspec, or the package of `url`'s protocol, is not installed.
+        ValueError
+            If fsspec knows no such protocol, or the options do not suit it.
+        """
+        try:
+            from fsspec.core import url_to_fs
+        except ImportError as err:
+            raise ImportError(
+                f"'{url}' is a URL: reading and writing URLs needs fsspec, which is not installed: "
+                "pip install 'nidataset[cloud]'"
+            ) from err
+        try:
+            return url_to_fs(url, **self.options)
+        except ImportError as err:
+            raise ImportError(f"cannot open '{url}': {err}") from err
+        except (ValueError, TypeError) as err:
+            keys = ", ".join(sorted(self.options)) or "none"  # their values may be secrets
+            raise ValueError(f"cannot open '{url}' (storage_options given: {keys}): {err}") from err
+
+
+#: The storage of calls that give no ``storage_options``.
+LOCAL = Storage()
+
+
+def _protocol(fs: Any) -> str:
+    protocol = fs.protocol
+    return protocol if isinstance(protocol, str) else protocol[0]
+
+
+def _bucket_url(url: str, bucket: str) -> str:
+    return f"{url.split('://', 1)[0]}://{bucket}"
+
+
+def _abort_unfinished(fs: Any, key: str) -> None:
+    """Abort what killed writers left of uploads to the S3 object `key` (their parts, never an object)."""
+    call = getattr(fs, "call_s3", None)
+    if _protocol(fs) not in ("s3", "s3a") or call is None:
+        return
+    bucket, _, name = key.partition("/")
+    found = call("list_multipart_uploads", Bucket=bucket, Prefix=name).get("Uploads", [])
+    for upload in found:
+        if upload.get("Key") == name:
+            call("abort_multipart_upload", Bucket=bucket, Key=name, UploadId=upload["UploadId"])
+            logger.info("aborted an unfinished upload to s3://%s/%s", bucket, name)
+
+
+def _abandon(remote: Any, url: str) -> None:
+    """Throw away an upload that failed: its object never appears."""
+    try:
+        remote.discard()
+    except Exception as err:  # the store may be what failed: its parts then wait for the next upload
+        logger.warning("could not abort the upload to %s: %s", url, err)
+    with contextlib.suppress(AttributeError):
+        remote.closed = True  # nothing to finish: its finalizer must not upload what was buffered
+
+
+class _RemoteReader(io.RawIOBase):
+    """A remote file read through fsspec, whose failures are OSErrors naming its URL."""
+
+    def __init__(self, remote: Any, url: str):
+        self.remote, self.url = remote, url
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        with _failures(self.url, "reading"):
+            data = self.remote.read(len(memoryview(buffer)))
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        with _failures(self.url, "reading"):
+            return self.remote.read(size)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        with _failures(self.url, "reading"):
+            return self.remote.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.remote.tell()
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(Exception):
+                self.remote.close()
+        super().close()
+
+
+class _S3Body(io.RawIOBase):
+    """An S3 object read by one GET, its body taken as it arrives.
+
+    A seek elsewhere, and a read that fails mid-way (once), ask for the rest from there
+    (``Range: bytes=<position>-``, of the same version of the object).
+    """
+
+    def __init__(self, fs: Any, key: str, url: str):
+        self.fs, self.url = fs, url
+        bucket, name, version = fs.split_path(key)
+        self.request = {"Bucket": bucket, "Key": name, **({"VersionId": version} if version else {})}
+        self.position = 0
+        self.body: Any = None
+        self.etag: str | None = None
+        self.size = -1
+        self._get()
+
+    def _get(self) -> None:
+        more = {"Range": f"bytes={self.position}-", "IfMatch": self.etag} if self.position else {}
+        with _failures(self.url, "reading"):
+            response = self.fs.call_s3("get_object", **self.request, **more)
+        self.body, self.etag = response["Body"], response.get("ETag")
+        if self.size < 0:
+            self.size = int(response["ContentLength"])
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self.position >= self.size or not len(view):
+            return 0
+        if self.body is None:
+            self._get()
+        try:
+            data = self._read(len(view))
+        except OSError as err:
+            logger.info("reading %s again from byte %d: %s", self.url, self.position, err)
+            self._close_body()
+            self._get()
+            data = self._read(len(view))
+        if not data:
+            raise ConnectionError(
+                errno.ECONNRESET,
+                f"the store ended the object at byte {self.position:,} of {self.size:,}",
+                self.url,
+            )
+        view[: len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+    def _read(self, count: int) -> bytes:
+        from fsspec.asyn import sync
+
+        with _failures(self.url, "reading"):
+            return sync(self.fs.loop, self.body.read, count)
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = offset + (0, self.position, self.size)[whence]
+        if target < 0:
+            raise ValueError(f"negative seek position {target}")
+        if target != self.position:
+            self._close_body()
+            self.position = target
+            if target < self.size:
+                self._get()
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def _close_body(self) -> None:
+        if self.body is not None:
+            from fsspec.asyn import sync
+
+            with contextlib.suppress(Exception):
+                sync(self.fs.loop, _close, self.body)
+            self.body = None
+
+    def close(self) -> None:
+        if not self.closed:
+            self._close_body()
+        super().close()
+
+
+async def _close(body: Any) -> None:
+    body.close()  # in the event loop's thread, where the connection lives
+
+
+class _RemoteWriter(io.RawIOBase):
+    """An upload through fsspec, whose failures are OSErrors naming its URL (closed by its owner)."""
+
+    def __init__(self, remote: Any, url: str):
+        self.remote, self.url = remote, url
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        with _failures(self.url, "writing"):
+            self.remote.write(data)
+        return memoryview(data).nbytes
+
+    def flush(self) -> None:
+        if not self.closed:
+            with _failures(self.url, "writing"):
+                self.remote.flush()
+
+
+#: Words in the names of the exceptions that mean the endpoint cannot be reached (botocore, aiohttp...).
+_UNREACHABLE = ("Connect", "Connection", "Timeout", "ServerDisconnected", "EndpointConnection")
+#: S3's error codes, as s3fs leaves them in its messages, for refused credentials.
+_REFUSED = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "InvalidToken")
+
+
+@contextlib.contextmanager
+def _failures(url: str, doing: str) -> Iterator[None]:
+    """Raise what a store raises while `doing` something to `url` as an OSError naming `url`."""
+    try:
+        yield
+    except (ImportError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        raise _translated(err, url, doing) from err
+
+
+def _translated(err: Exception, url: str, doing: str) -> OSError:
+    names = " ".join(kind.__name__ for kind in type(err).__mro__)
+    text = _one_line(err)
+    if isinstance(err, OSError) and err.filename == url:
+        return err  # already said
+    if isinstance(err, FileNotFoundError) or "NoSuchBucket" in text or "NoSuchKey" in text:
+        what = "bucket" if "NoSuchBucket" in text or "bucket" in text.lower() else "object"
+        said = f" ({text})" if " " in text else ""  # the server's words, not the path again
+        return FileNotFoundError(errno.ENOENT, f"no such {what}{said}", url)
+    if isinstance(err, PermissionError) or "NoCredentials" in names or any(c in text for c in _REFUSED):
+        return PermissionError(errno.EACCES, f"access refused, check the credentials ({text})", url)
+    if isinstance(err, (ConnectionError, TimeoutError)) or any(word in names for word in _UNREACHABLE):
+        return ConnectionError(errno.ECONNREFUSED, f"cannot reach the store while {doing} it ({text})", url)
+    number = err.errno if isinstance(err, OSError) and err.errno else errno.EIO
+    return OSError(number, f"{doing} it failed ({type(err).__name__}: {text})", url)
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__

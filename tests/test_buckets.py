@@ -1,0 +1,480 @@
+"""Inputs and outputs in object storage, against a real S3 server (moto's) on 127.0.0.1.
+
+The server runs in this process, on a port the OS chooses, and is stopped at the end; each test has a
+bucket of its own. Local runs of the same files are the oracle: bucket outputs are compared byte for byte.
+"""
+
+import gzip
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from helpers import write_nifti
+from nidataset import _storage
+from nidataset.preprocessing import DatasetError, resampling, resampling_dataset
+
+pytest.importorskip("s3fs")
+moto_server = pytest.importorskip("moto.server")
+
+CREDENTIALS = {"key": "testing", "secret": "testing"}
+#: Fail fast where nothing answers: one attempt, a short connect timeout (s3fs retries otherwise).
+FAST = {"config_kwargs": {"connect_timeout": 2, "read_timeout": 10, "retries": {"max_attempts": 1}}}
+
+
+class Server:
+    """moto's S3 server in a thread of this process: its state outlives a stop, so it can come back."""
+
+    def __init__(self):
+        self.port = 0
+        self.thread = None
+
+    def start(self):
+        self.thread = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.thread.start()
+        self.port = self.thread.get_host_and_port()[1]
+
+    def stop(self):
+        self.thread.stop()
+
+    @property
+    def endpoint(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def options(self, **more):
+        return {**CREDENTIALS, "endpoint_url": self.endpoint, **more}
+
+    def cli_options(self):
+        return [f"--storage-option={key}={value}" for key, value in self.options().items()]
+
+
+@pytest.fixture(scope="session")
+def server():
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+    running = Server()
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def bucket(server):
+    """A new bucket: ``(name, s3fs file system)``."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**server.options(), skip_instance_cache=True)
+    name = f"test-{secrets.token_hex(6)}"
+    fs.mkdir(name)
+    return name, fs
+
+
+@pytest.fixture
+def scans(tmp_path, rng):
+    """Three small int16 scans in a local folder, also in the bucket under ``scans/``."""
+    folder = tmp_path / "scans"
+    paths = []
+    for i, name in enumerate(["b_scan", "a_scan", "c_scan"]):
+        data = rng.integers(-1000, 3000, (30 + i, 28, 20)).astype(np.int16)
+        paths.append(write_nifti(folder / f"{name}.nii.gz", data))
+    return folder, sorted(paths)
+
+
+def upload(fs, local_folder, prefix):
+    for name in sorted(os.listdir(local_folder)):
+        fs.put(os.path.join(local_folder, name), f"{prefix}/{name}")
+
+
+def read(path):
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def unfinished_uploads(fs, bucket):
+    return fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads", [])
+
+
+# --- 1, 2: URLs in, URLs out, the same bytes and layouts ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("saving_mode", "workers"), [("case", 1), ("folder", 1), ("case", 2)])
+def test_a_prefix_to_a_prefix_gives_the_local_outputs_byte_for_byte(
+    server, bucket, scans, tmp_path, saving_mode, workers
+):
+    name, fs = bucket
+    folder, _ = scans
+    upload(fs, folder, f"{name}/scans")
+    fs.pipe(f"{name}/scans/notes.txt", b"not a volume")  # not listed
+    fs.pipe(f"{name}/scans/deeper/d_scan.nii.gz", read(scans[1][0]))  # not directly under the prefix
+    local = resampling_dataset(folder, tmp_path / "local", (15, 14, 10), saving_mode, progress=False)
+    remote = resampling_dataset(
+        f"s3://{name}/scans/",
+        f"s3://{name}/out",
+        (15, 14, 10),
+        saving_mode,
+        progress=False,
+        workers=workers,  # 2: a process pool, whose processes make their own connections
+        storage_options=server.options(),
+    )
+    expected = [f"s3://{name}/out/{os.path.relpath(p, tmp_path / 'local')}" for p in local]
+    assert remote == expected  # sorted, same layout and names
+    for url, path in zip(remote, local, strict=True):
+        assert fs.cat(url) == read(path)
+    assert not unfinished_uploads(fs, name)
+
+
+def test_one_object_with_its_preview_and_every_url_form(server, bucket, volume, tmp_path):
+    pytest.importorskip("matplotlib")
+    name, fs = bucket
+    path, _ = volume
+    fs.put(path, f"{name}/in/v.nii.gz")
+    local = resampling(path, tmp_path / "local", (10, 15, 9), preview=True)
+    url = resampling(
+        f"s3://{name}/in/v.nii.gz",
+        f"s3://{name}/one/",
+        (10, 15, 9),
+        preview=True,
+        storage_options=server.options(),
+    )
+    assert url == f"s3://{name}/one/v_resampled.nii.gz"
+    assert fs.cat(url) == read(local)
+    assert fs.cat(f"{name}/one/v_preview.png")[:8] == b"\x89PNG\r\n\x1a\n"
+    # https:// (here http://) for reading: a public object at its path-style address, and a signed URL.
+    fs.chmod(f"{name}/in/v.nii.gz", acl="public-read")
+    from_http = resampling(f"{server.endpoint}/{name}/in/v.nii.gz", tmp_path / "http", (10, 15, 9))
+    assert read(from_http) == read(local)
+    signed = fs.url(f"{name}/in/v.nii.gz")
+    assert "?" in signed
+    from_signed = resampling(signed, tmp_path / "signed", (10, 15, 9))
+    assert from_signed == str(tmp_path / "signed" / "v_resampled.nii.gz") and read(from_signed) == read(local)
+    # file:// URLs are local paths.
+    from_file = resampling(f"file://{path}", f"file://{tmp_path / 'file'}", (10, 15, 9))
+    assert from_file == str(tmp_path / "file" / "v_resampled.nii.gz") and read(from_file) == read(local)
+
+
+def test_memory_urls_and_an_upload_that_fails_leaves_nothing(volume, tmp_path, monkeypatch):
+    import fsspec
+
+    store = fsspec.filesystem("memory")
+    path, _ = volume
+    store.put(path, "memory://in/v.nii.gz")
+    try:
+        out = resampling("memory://in/v.nii.gz", "memory://out", (10, 15, 9))
+        assert store.cat(out) == read(resampling(path, tmp_path, (10, 15, 9)))
+        # A failure while writing: neither the object nor its hidden temporary key remains.
+        monkeypatch.setattr(_storage._RemoteWriter, "write", fail_write)
+        with pytest.raises(OSError, match="the store broke"):
+            resampling("memory://in/v.nii.gz", "memory://broken", (10, 15, 9))
+        assert not store.exists("memory://broken") or not store.ls("memory://broken")
+    finally:
+        store.rm("memory://in", recursive=True)
+        store.rm("memory://out", recursive=True)
+
+
+def fail_write(self, data):
+    raise OSError(5, "the store broke")
+
+
+def test_importing_the_package_does_not_import_fsspec():
+    code = "import nidataset, nidataset.preprocessing, nidataset.cli, sys; print('fsspec' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        == "False\n"
+    )
+
+
+# --- 3: streaming, memory bounded ------------------------------------------------------------------------
+
+
+READ_PEAK = """
+import itertools, json, sys, tracemalloc
+import numpy as np
+from nidataset import _nifti, _storage
+source = _nifti.open_volume(sys.argv[1], _storage.Storage.of(json.loads(sys.argv[2])))
+buffer = np.empty((8,) + source.stored_shape[1:], source.dtype)
+tracemalloc.start()
+total = sum(block.size for block in _nifti.read_slabs(source, 8, itertools.repeat(buffer)))
+print(total, tracemalloc.get_traced_memory()[1])
+"""
+
+
+def test_a_remote_input_is_read_a_block_at_a_time(server, bucket, tmp_path, rng):
+    # In a process of its own: this one runs the server, whose copies tracemalloc would count too.
+    import json
+
+    name, fs = bucket
+    data = rng.integers(-30000, 30000, (256, 256, 96)).astype(np.int16)  # 12.6 MB, incompressible
+    path = write_nifti(tmp_path / "big.nii.gz", data)
+    fs.put(path, f"{name}/big.nii.gz")
+    done = subprocess.run(
+        [sys.executable, "-c", READ_PEAK, f"s3://{name}/big.nii.gz", json.dumps(server.options())],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    total, peak = (int(n) for n in done.stdout.split())
+    assert total == data.size
+    compressed = os.path.getsize(path)
+    assert peak < 2.5 * _storage.STREAM_BLOCK < compressed, (peak, compressed)
+
+
+# --- 4: atomic uploads, skip_existing --------------------------------------------------------------------
+
+
+def test_a_failure_mid_upload_leaves_no_object_and_no_parts(server, bucket, tmp_path, rng, monkeypatch):
+    name, fs = bucket
+    data = rng.integers(-30000, 30000, (128, 128, 96)).astype(np.int16)  # 3 MB, incompressible
+    fs.put(write_nifti(tmp_path / "x.nii.gz", data), f"{name}/x.nii.gz")
+    calls = []
+    real = _storage._RemoteWriter.write
+
+    def write_then_fail(self, chunk):
+        calls.append(len(chunk))
+        if sum(calls) > 5.5 * 2**20:  # after the first 5 MiB part went up
+            raise OSError(5, "the store broke")
+        return real(self, chunk)
+
+    monkeypatch.setattr(_storage._RemoteWriter, "write", write_then_fail)
+    with pytest.raises(OSError, match="the store broke"):
+        resampling(
+            f"s3://{name}/x.nii.gz",
+            f"s3://{name}/out",
+            (256, 128, 96),  # each value twice: 6.2 MB written
+            interpolation="nearest",
+            storage_options=server.options(),
+        )
+    assert sum(calls) > 5.5 * 2**20
+    assert not fs.exists(f"{name}/out/x_resampled.nii.gz")
+    assert not unfinished_uploads(fs, name)
+
+
+def test_skip_existing_reads_headers_only_and_redoes_a_mismatch(server, bucket, scans, tmp_path, monkeypatch):
+    name, fs = bucket
+    folder, paths = scans
+    upload(fs, folder, f"{name}/scans")
+    options = server.options()
+    first = resampling_dataset(
+        f"s3://{name}/scans", f"s3://{name}/out", (15, 14, 10), progress=False, storage_options=options
+    )
+    # One output replaced by one of another shape: redone; the others kept, their voxels never read.
+    other = resampling(
+        f"s3://{name}/scans/a_scan.nii.gz", f"s3://{name}/other", (9, 9, 9), storage_options=options
+    )
+    fs.copy(other, first[0])
+    before = {url: fs.info(url)["ETag"] for url in first}
+    opened = []
+    real_open = _storage.Storage.open_input
+
+    def spy(self, path, block=_storage.STREAM_BLOCK):
+        opened.append((path, block))
+        return real_open(self, path, block)
+
+    monkeypatch.setattr(_storage.Storage, "open_input", spy)
+    again = resampling_dataset(
+        f"s3://{name}/scans",
+        f"s3://{name}/out",
+        (15, 14, 10),
+        progress=False,
+        skip_existing=True,
+        storage_options=options,
+    )
+    assert again == first
+    after = {url: fs.info(url)["ETag"] for url in first}
+    assert after[first[0]] != before[first[0]]
+    assert [after[url] for url in first[1:]] == [before[url] for url in first[1:]]
+    assert fs.cat(first[0]) == read(resampling(paths[0], tmp_path / "local", (15, 14, 10)))
+    streamed = {path for path, block in opened if block == _storage.STREAM_BLOCK}
+    assert not streamed & set(first[1:])  # kept outputs: their headers only, by small ranged requests
+    assert {path for path, block in opened if block == _storage.HEADER_BLOCK} >= set(first)
+
+
+# --- 5: Dask workers with no shared file system -----------------------------------------------------------
+
+
+def test_a_dask_cluster_without_shared_storage_writes_the_local_bytes(server, bucket, scans, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    name, fs = bucket
+    folder, _ = scans
+    upload(fs, folder, f"{name}/scans")
+    fs.pipe(f"{name}/scans/broken.nii.gz", gzip.compress(b"not a volume"))
+    local = resampling_dataset(folder, tmp_path / "local", (15, 14, 10), progress=False)
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            scheduler_port=0,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            local_directory=str(tmp_path / "workers"),  # each worker makes its own folder in it
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        with pytest.raises(DatasetError) as info:
+            resampling_dataset(
+                f"s3://{name}/scans/",
+                f"s3://{name}/out/",
+                (15, 14, 10),
+                executor=client.get_executor(),
+                progress=False,
+                storage_options=server.options(),
+            )
+        folders = client.run(lambda dask_worker: dask_worker.local_directory)
+    err = info.value
+    assert [path for path, _ in err.failures] == [f"s3://{name}/scans/broken.nii.gz"]
+    assert f"s3://{name}/scans/broken.nii.gz" in str(err.failures[0][1])
+    assert len(set(folders.values())) == 2  # a working folder each
+    written = [p for p in tmp_path.rglob("*_resampled.nii.gz") if "local" not in p.parts]
+    assert not written  # nothing went through a file system of ours
+    for url, path in zip(err.outputs, local, strict=True):
+        assert fs.cat(url) == read(path)
+
+
+# --- 6: errors name the URL -----------------------------------------------------------------------------
+
+
+def test_missing_bucket_key_and_prefix_are_named(server, bucket, scans, tmp_path):
+    name, fs = bucket
+    folder, paths = scans
+    fs.put(paths[0], f"{name}/a.nii.gz")
+    options = server.options()
+    with pytest.raises(FileNotFoundError, match="no such object") as info:
+        resampling(f"s3://{name}/absent.nii.gz", tmp_path, (9, 9, 9), storage_options=options)
+    assert info.value.filename == f"s3://{name}/absent.nii.gz"
+    with pytest.raises(FileNotFoundError, match="no such bucket") as info:
+        resampling(f"s3://{name}-absent/a.nii.gz", tmp_path, (9, 9, 9), storage_options=options)
+    assert info.value.filename == f"s3://{name}-absent/a.nii.gz"
+    with pytest.raises(FileNotFoundError, match="no such bucket") as info:
+        resampling(f"s3://{name}/a.nii.gz", f"s3://{name}-absent/out", (9, 9, 9), storage_options=options)
+    assert info.value.filename == f"s3://{name}-absent"
+    with pytest.raises(FileNotFoundError, match=r"no '\.nii\.gz' objects") as info:
+        resampling_dataset(f"s3://{name}/nothing/", tmp_path, (9, 9, 9), storage_options=options)
+    assert info.value.filename == f"s3://{name}/nothing/"
+    with pytest.raises(IsADirectoryError):
+        upload(fs, folder, f"{name}/dir.nii.gz")
+        resampling(f"s3://{name}/dir.nii.gz", tmp_path, (9, 9, 9), storage_options=options)
+
+
+def test_an_endpoint_that_does_not_answer_is_named(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    options = {**CREDENTIALS, **FAST, "endpoint_url": f"http://127.0.0.1:{port}"}
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match="cannot reach the store") as info:
+        resampling("s3://nowhere/a.nii.gz", tmp_path, (9, 9, 9), storage_options=options)
+    assert info.value.filename == "s3://nowhere/a.nii.gz"
+    assert time.monotonic() - start < 30
+
+
+def test_storage_options_on_the_command_line_are_json_or_text():
+    from nidataset.cli import _storage_option
+
+    assert _storage_option("anon=true") == ("anon", True)
+    assert _storage_option("endpoint_url=http://127.0.0.1:9000") == ("endpoint_url", "http://127.0.0.1:9000")
+    assert _storage_option('client_kwargs={"region_name": "eu-west-1"}') == (
+        "client_kwargs",
+        {"region_name": "eu-west-1"},
+    )
+    assert _storage_option("token=a=b") == ("token", "a=b")
+
+
+def test_storage_options_are_checked():
+    with pytest.raises(TypeError, match="storage_options"):
+        resampling("s3://b/a.nii.gz", "out", (9, 9, 9), storage_options=[("key", "x")])
+
+
+# --- the command line: a kill mid-upload, a server that stops, and the reruns ------------------------------
+
+
+def cli(*args, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "nidataset", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def wait_for(condition, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_cli_run_killed_mid_upload_leaves_no_object_and_its_rerun_completes(server, bucket, tmp_path, rng):
+    name, fs = bucket
+    data = rng.integers(-30000, 30000, (64, 64, 48)).astype(np.int16)
+    path = write_nifti(tmp_path / "x.nii.gz", data)
+    fs.put(path, f"{name}/in/x.nii.gz")
+    size = ["--size", "256", "256", "192"]  # a 25 MB output: several 5 MiB parts
+    run = cli("resample", f"s3://{name}/in/x.nii.gz", f"s3://{name}/out/", *size, *server.cli_options(), "-q")
+    try:
+        assert wait_for(lambda: unfinished_uploads(fs, name) or run.poll() is not None)
+        assert run.poll() is None, run.communicate()
+        run.send_signal(signal.SIGKILL)
+    finally:
+        run.communicate()
+    target = f"{name}/out/x_resampled.nii.gz"
+    assert not fs.exists(target) and unfinished_uploads(fs, name)  # parts only, invisible
+    again = cli(
+        "resample",
+        f"s3://{name}/in/x.nii.gz",
+        f"s3://{name}/out/",
+        *size,
+        *server.cli_options(),
+        "-q",
+        "--skip-existing",
+    )
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    assert fs.cat(target) == read(resampling(path, tmp_path / "local", (256, 256, 192)))
+    assert not unfinished_uploads(fs, name)  # the killed run's parts were aborted
+
+
+def test_a_server_that_stops_mid_run_fails_the_rest_by_url_and_the_rerun_completes(
+    server, bucket, tmp_path, rng
+):
+    name, fs = bucket
+    for i in range(6):
+        data = rng.integers(-30000, 30000, (64, 64, 40)).astype(np.int16)
+        fs.put(write_nifti(tmp_path / "in" / f"s{i}.nii.gz", data), f"{name}/in/s{i}.nii.gz")
+    options = [*server.cli_options(), *(f"--storage-option={k}={v}" for k, v in FAST.items())]
+    options = [o.replace("'", '"') for o in options]  # the dict values as JSON
+    size = ["--size", "128", "128", "80"]
+    run = cli("resample", f"s3://{name}/in/", f"s3://{name}/out/", *size, *options, "-q")
+    stopped = False
+    try:
+        assert wait_for(lambda: fs.exists(f"{name}/out/s0/s0_resampled.nii.gz") or run.poll() is not None)
+        server.stop()
+        stopped = True
+        _, err = run.communicate(timeout=180)
+    finally:
+        if stopped:
+            server.start()
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 1, err
+    failed = [line for line in err.splitlines() if line.startswith("nidataset: failed: s3://")]
+    assert failed and all(f"s3://{name}/in/s" in line for line in failed), err
+    assert any("cannot reach the store" in line for line in failed), err
+    again = cli("resample", f"s3://{name}/in/", f"s3://{name}/out/", *size, *options, "-q", "--skip-existing")
+    _, err = again.communicate(timeout=180)
+    assert again.returncode == 0, err
+    local = resampling_dataset(tmp_path / "in", tmp_path / "local", (128, 128, 80), progress=False)
+    for i, path in enumerate(local):
+        assert fs.cat(f"{name}/out/s{i}/s{i}_resampled.nii.gz") == read(path)
+    assert not unfinished_uploads(fs, name)
