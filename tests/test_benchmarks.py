@@ -73,3 +73,22 @@ def test_labels_preview_quick():
     for line in ("1a. label / bspline:", "1b. label / bspline:", "2. wall added by preview=True:"):
         assert line in out
     assert "uint8, 256 values)" in out  # the grey-matter stand-in has every uint8 value, as the real map does
+
+
+def test_buckets_quick():
+    import pytest
+
+    for module in ("moto.server", "s3fs", "boto3"):
+        pytest.importorskip(module)
+    out = run("buckets.py", "--quick")
+    for line in (
+        "b. bucket -> bucket, workers=2",
+        "c. transfer alone, s3fs",
+        "c. transfer alone, boto3",
+        "d. bucket -> bucket, Dask 2 processes x 1 thread",
+        "1. workers=2: time(bucket) / max(disk, transfer):",
+        "2. Dask 2x1: time(bucket) / max(disk, transfer):",
+        "bytes down:",
+        "3. peak RSS, S3 -> S3 / local:",
+    ):
+        assert line in out

@@ -172,6 +172,38 @@ def test_skip_existing(scans, tmp_path):
     assert main(single) == 0 and os.stat(kept).st_ino == before.st_ino
 
 
+def test_a_client_that_cannot_connect_is_closed_at_once(scans, tmp_path, monkeypatch):
+    # Left to the garbage collector, its close ran inside a later Client's start, which held the lock
+    # that close waits for: the process hung (distributed's LoopRunner).
+    import weakref
+
+    distributed = pytest.importorskip("distributed")
+    made = []
+    real_init = distributed.Client.__init__
+
+    def init(self, *args, **kwargs):
+        made.append(weakref.ref(self))
+        return real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(distributed.Client, "__init__", init)
+    with pytest.raises(SystemExit) as info:
+        main(
+            [
+                "resample",
+                str(scans),
+                str(tmp_path / "out"),
+                "--size",
+                "4",
+                "4",
+                "4",
+                "--scheduler",
+                "nonsense://x",
+            ]
+        )
+    assert info.value.code == 2
+    assert made and all(ref() is None for ref in made)
+
+
 def test_dask_scheduler(scans, tmp_path):
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(

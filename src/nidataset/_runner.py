@@ -138,11 +138,8 @@ class DatasetJob:
         return join(self.folder(path), _nifti.output_name(path))
 
     def __call__(self, path: str) -> str:
-        # Checked here, where it runs: not a FIFO, a folder, a broken link; an object that is still there.
-        if is_url(path):
-            self.storage.check_input(path, _nifti.SUFFIX)
-        else:
-            check_input_file(path, _nifti.SUFFIX)
+        if not is_url(path):  # checked here, where it runs: not a FIFO, a folder, a broken link
+            check_input_file(path, _nifti.SUFFIX)  # (a listed object: opening it says what is wrong)
         return resample_file(
             path,
             self.folder(path),
@@ -169,9 +166,19 @@ def case_folder(path: str) -> str:
 
 
 def remove_stale_temporaries(job: DatasetJob, inputs: Sequence[str]) -> None:
-    """Clear what killed runs left in the output folders of `inputs` (hidden temporary files only)."""
+    """Clear what killed runs left in the output folders of `inputs` (hidden temporary files only).
+
+    In a bucket: the unfinished uploads of the outputs of `inputs` (S3), which are aborted.
+    """
     if is_url(job.root):
-        return  # an S3 upload left by a killed run is aborted by the next upload of the same object
+        targets = []
+        for path in inputs:
+            with contextlib.suppress(ValueError):  # reported when that file runs
+                targets.append(job.target(path))
+        aborted = job.storage.abort_unfinished(targets)
+        if aborted:
+            logger.info("aborted %d unfinished uploads left by killed runs under %s", aborted, job.root)
+        return
     folders = {job.root}
     for path in inputs:
         try:

@@ -14,7 +14,8 @@ Dask task carries it to workers that share no file system, and opens things:
   files are written to a hidden temporary file and renamed (:mod:`nidataset._atomic`). Object stores
   (S3, GCS, Azure) publish an upload under its key only when it is committed: a multipart upload,
   committed once complete, aborted on failure; a killed writer leaves no object (S3 keeps the parts of an
-  unfinished upload until it is aborted: the next upload of the same key aborts them). Other stores
+  unfinished upload until it is aborted: :meth:`Storage.abort_unfinished`, called by the next run that
+  writes the same objects). Other stores
   (``memory://``, FTP...) are written under a hidden temporary key, then moved.
 
 Every failure of a remote store is raised as an OSError naming the URL, with its errno where one fits:
@@ -24,13 +25,15 @@ ConnectionError (an endpoint that does not answer, or stops answering), OSError 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import io
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -48,6 +51,8 @@ _COMMITTING = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
 HEADER_BLOCK = 1 << 16
 #: Bytes fetched per request while voxels stream in from stores other than S3 (S3: one request).
 STREAM_BLOCK = 1 << 21
+#: Bytes of an S3 body fetched ahead of its reader (two such chunks are held at most).
+_AHEAD = 1 << 20
 #: Bytes per uploaded part: S3's smallest (every part but the last must hold at least 5 MiB).
 _UPLOAD_BLOCK = 5 << 20
 
@@ -143,8 +148,15 @@ class Storage:
             with _S3Body(fs, key, path) as body:
                 yield body  # type: ignore[misc]
             return
+        if block < STREAM_BLOCK and getattr(fs, "async_impl", False):
+            with _Ranges(fs, key, path, block) as ranges:
+                yield ranges  # type: ignore[misc]
+            return
+        # A header's block is kept (the header is read twice: checked, then parsed); its gzip trailer is
+        # fetched on its own. Streamed voxels: a block ahead of the reader.
+        cache = "first" if block < STREAM_BLOCK else "readahead"
         with _failures(path, "reading"):
-            remote = fs.open(key, "rb", block_size=block, cache_type="readahead")
+            remote = fs.open(key, "rb", block_size=block, cache_type=cache)
         with _RemoteReader(remote, path) as reader:
             yield reader  # type: ignore[misc]
 
@@ -255,16 +267,19 @@ class Storage:
             return
         fs, key = self.filesystem(path)
         if _protocol(fs) in _COMMITTING:
+            # s3fs completes its multipart upload only when the file closes (a file under one part goes
+            # up whole then, by one PUT); the others are asked to wait for commit().
+            s3 = _protocol(fs) in ("s3", "s3a")
             with _failures(path, "writing"):
-                _abort_unfinished(fs, key)
-                remote = fs.open(key, "wb", block_size=_UPLOAD_BLOCK, autocommit=False)
+                remote = fs.open(key, "wb", block_size=_UPLOAD_BLOCK, autocommit=s3)
             try:
                 yield _RemoteWriter(remote, path)  # type: ignore[misc]
                 with _failures(path, "writing"):
-                    remote.close()  # uploads the last part
-                    remote.commit()  # and only now does the object appear
+                    remote.close()  # the last part, and S3's commit: only now does the object appear
+                    if not s3:
+                        remote.commit()
             except BaseException:
-                _abandon(remote, path)
+                _abandon(remote, path)  # never closed: nothing is committed
                 raise
             return
         folder, name = key.rsplit("/", 1) if "/" in key else ("", key)
@@ -280,6 +295,45 @@ class Storage:
             with contextlib.suppress(Exception):
                 fs.rm(hidden)
             raise
+
+    def abort_unfinished(self, urls: Sequence[str]) -> int:
+        """Abort the unfinished S3 uploads to the objects `urls` (what killed writers left); return how many.
+
+        They hold parts, never an object; a listing per bucket (of their common prefix) finds them. Other
+        stores and local paths have none to abort.
+        """
+        remote = [url for url in urls if is_url(url)]
+        if not remote:
+            return 0
+        fs, _ = self.filesystem(remote[0])
+        call = getattr(fs, "call_s3", None)
+        if _protocol(fs) not in ("s3", "s3a") or call is None:
+            return 0
+        scheme = remote[0].split("://", 1)[0]
+        wanted: dict[str, set[str]] = {}
+        for url in remote:
+            bucket, _, name = self.filesystem(url)[1].partition("/")
+            wanted.setdefault(bucket, set()).add(name)
+        aborted = 0
+        for bucket, names in wanted.items():
+            common = os.path.commonprefix(sorted(names))  # noqa: RUF071  # S3 prefixes are strings
+            page: dict[str, str] = {}
+            with _failures(f"{scheme}://{bucket}/{common}", "listing the uploads of"):
+                while True:
+                    found = call("list_multipart_uploads", Bucket=bucket, Prefix=common, **page)
+                    for upload in found.get("Uploads", []):
+                        if upload.get("Key") in names:
+                            key, number = upload["Key"], upload["UploadId"]
+                            call("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=number)
+                            logger.info("aborted an unfinished upload to %s://%s/%s", scheme, bucket, key)
+                            aborted += 1
+                    if not found.get("IsTruncated"):
+                        break
+                    page = {
+                        "KeyMarker": found["NextKeyMarker"],
+                        "UploadIdMarker": found["NextUploadIdMarker"],
+                    }
+        return aborted
 
     def filesystem(self, url: str) -> tuple[Any, str]:
         """Return the fsspec file system of `url` with this call's options, and the path it knows `url` by.
@@ -320,19 +374,6 @@ def _protocol(fs: Any) -> str:
 
 def _bucket_url(url: str, bucket: str) -> str:
     return f"{url.split('://', 1)[0]}://{bucket}"
-
-
-def _abort_unfinished(fs: Any, key: str) -> None:
-    """Abort what killed writers left of uploads to the S3 object `key` (their parts, never an object)."""
-    call = getattr(fs, "call_s3", None)
-    if _protocol(fs) not in ("s3", "s3a") or call is None:
-        return
-    bucket, _, name = key.partition("/")
-    found = call("list_multipart_uploads", Bucket=bucket, Prefix=name).get("Uploads", [])
-    for upload in found:
-        if upload.get("Key") == name:
-            call("abort_multipart_upload", Bucket=bucket, Key=name, UploadId=upload["UploadId"])
-            logger.info("aborted an unfinished upload to s3://%s/%s", bucket, name)
 
 
 def _abandon(remote: Any, url: str) -> None:
@@ -381,30 +422,139 @@ class _RemoteReader(io.RawIOBase):
         super().close()
 
 
-class _S3Body(io.RawIOBase):
-    """An S3 object read by one GET, its body taken as it arrives.
+class _Ranges(io.RawIOBase):
+    """A remote file of an asynchronous fsspec file system (S3, GCS, Azure, HTTP) read by ranged requests.
 
-    A seek elsewhere, and a read that fails mid-way (once), ask for the rest from there
-    (``Range: bytes=<position>-``, of the same version of the object).
+    Opening it asks at once for its size, its first `block` bytes and its last 4 (a header and a gzip
+    trailer: one round trip, not three); other reads ask for at least `block` bytes from where they
+    start, and the last answer is kept.
+    """
+
+    def __init__(self, fs: Any, key: str, url: str, block: int):
+        from fsspec.asyn import sync
+
+        self.fs, self.key, self.url, self.block = fs, key, url, block
+        self.position = 0
+        with _failures(url, "reading"):
+            self.size, head, tail = sync(fs.loop, _opening, fs, key, block)
+        self.held = [(0, head), (self.size - len(tail), tail)]
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self.position >= self.size or not len(view):
+            return 0
+        for start, data in self.held:
+            if start <= self.position < start + len(data):
+                break
+        else:
+            start, end = self.position, min(self.size, self.position + max(len(view), self.block))
+            with _failures(self.url, "reading"):
+                data = self.fs.cat_file(self.key, start=start, end=end)
+            if not data:
+                ended = f"the store ended it at byte {start:,} of {self.size:,}"
+                raise ConnectionError(errno.ECONNRESET, ended, self.url)
+            self.held[2:] = [(start, data)]
+        piece = data[self.position - start : self.position - start + len(view)]
+        view[: len(piece)] = piece
+        self.position += len(piece)
+        return len(piece)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = offset + (0, self.position, self.size)[whence]
+        if target < 0:
+            raise ValueError(f"negative seek position {target}")
+        self.position = target
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+
+async def _opening(fs: Any, key: str, block: int) -> tuple[int, bytes, bytes]:
+    """Ask at once for the size of `key`, its first `block` bytes and its last 4."""
+    asked = (fs._info(key), fs._cat_file(key, start=0, end=block), fs._cat_file(key, start=-4))
+    answers: tuple[Any, ...] = await asyncio.gather(*asked, return_exceptions=True)
+    info, head, tail = answers
+    if isinstance(info, BaseException):
+        raise info
+    size = int(info["size"])
+    if size == 0:  # a range of nothing is refused (416): there is nothing to read
+        return 0, b"", b""
+    for answer in (head, tail):
+        if isinstance(answer, BaseException):
+            raise answer
+    return size, head, tail
+
+
+class _S3Body(io.RawIOBase):
+    """An S3 object read by one GET, its body taken as it arrives, a chunk ahead of its reader.
+
+    The next chunk (:data:`_AHEAD` bytes) is fetched by the store client's own event loop (fsspec's I/O
+    thread) while the caller works on the one before: waiting for the network overlaps the computation,
+    and at most two chunks are held. A seek elsewhere, and a read that fails mid-way (once), ask for the
+    rest from there (``Range: bytes=<position>-`` of the same version: ``If-Match`` its ETag).
     """
 
     def __init__(self, fs: Any, key: str, url: str):
         self.fs, self.url = fs, url
         bucket, name, version = fs.split_path(key)
         self.request = {"Bucket": bucket, "Key": name, **({"VersionId": version} if version else {})}
-        self.position = 0
+        self.position = 0  # bytes handed to the caller
+        self.fetched = 0  # bytes taken from the body
+        self.chunk = memoryview(b"")  # taken, not yet handed
+        self.pending: concurrent.futures.Future[bytes] | None = None
         self.body: Any = None
         self.etag: str | None = None
         self.size = -1
-        self._get()
+        self._get(0)
 
-    def _get(self) -> None:
-        more = {"Range": f"bytes={self.position}-", "IfMatch": self.etag} if self.position else {}
+    def _get(self, start: int) -> None:
+        """Ask for the object from byte `start`, and for its first chunk."""
+        more = {"Range": f"bytes={start}-", "IfMatch": self.etag} if start else {}
         with _failures(self.url, "reading"):
             response = self.fs.call_s3("get_object", **self.request, **more)
         self.body, self.etag = response["Body"], response.get("ETag")
         if self.size < 0:
             self.size = int(response["ContentLength"])
+        self.fetched = start
+        self._ask()
+
+    def _ask(self) -> None:
+        self.pending = None
+        if self.fetched < self.size:
+            chunk = _gather(self.body, min(_AHEAD, self.size - self.fetched))
+            self.pending = asyncio.run_coroutine_threadsafe(chunk, self.fs.loop)
+
+    def _take(self) -> bytes:
+        """Return the chunk asked for (waiting for it), and ask for the next; once more after a failure."""
+        for attempt in (1, 2):
+            try:
+                if self.pending is None:
+                    self._get(self.position)
+                assert self.pending is not None
+                with _failures(self.url, "reading"):
+                    data = self.pending.result()
+                if not data:
+                    raise ConnectionError(
+                        errno.ECONNRESET,
+                        f"the store ended it at byte {self.fetched:,} of {self.size:,}",
+                        self.url,
+                    )
+                self.fetched += len(data)
+                self._ask()
+                return data
+            except OSError as err:
+                if attempt == 2:
+                    raise
+                logger.info("reading %s again from byte %d: %s", self.url, self.position, err)
+                self._drop()
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def readable(self) -> bool:
         return True
@@ -413,30 +563,13 @@ class _S3Body(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         if self.position >= self.size or not len(view):
             return 0
-        if self.body is None:
-            self._get()
-        try:
-            data = self._read(len(view))
-        except OSError as err:
-            logger.info("reading %s again from byte %d: %s", self.url, self.position, err)
-            self._close_body()
-            self._get()
-            data = self._read(len(view))
-        if not data:
-            raise ConnectionError(
-                errno.ECONNRESET,
-                f"the store ended the object at byte {self.position:,} of {self.size:,}",
-                self.url,
-            )
-        view[: len(data)] = data
-        self.position += len(data)
-        return len(data)
-
-    def _read(self, count: int) -> bytes:
-        from fsspec.asyn import sync
-
-        with _failures(self.url, "reading"):
-            return sync(self.fs.loop, self.body.read, count)
+        if not len(self.chunk):
+            self.chunk = memoryview(self._take())
+        count = min(len(view), len(self.chunk))
+        view[:count] = self.chunk[:count]
+        self.chunk = self.chunk[count:]
+        self.position += count
+        return count
 
     def seekable(self) -> bool:
         return True
@@ -446,16 +579,21 @@ class _S3Body(io.RawIOBase):
         if target < 0:
             raise ValueError(f"negative seek position {target}")
         if target != self.position:
-            self._close_body()
+            self._drop()
             self.position = target
             if target < self.size:
-                self._get()
+                self._get(target)
         return self.position
 
     def tell(self) -> int:
         return self.position
 
-    def _close_body(self) -> None:
+    def _drop(self) -> None:
+        """Forget the body: the chunk asked for, what is held, the connection."""
+        if self.pending is not None:
+            self.pending.cancel()
+            self.pending = None
+        self.chunk = memoryview(b"")
         if self.body is not None:
             from fsspec.asyn import sync
 
@@ -465,8 +603,20 @@ class _S3Body(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            self._close_body()
+            self._drop()
         super().close()
+
+
+async def _gather(body: Any, count: int) -> bytes:
+    """Read `count` bytes of a response body (fewer at its end), in the event loop's thread."""
+    parts, got = [], 0
+    while got < count:
+        data = await body.read(count - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
 
 
 async def _close(body: Any) -> None:

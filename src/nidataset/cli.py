@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -433,10 +434,18 @@ def _resample_folder(args: argparse.Namespace, command: argparse.ArgumentParser)
     if args.scheduler:
         import distributed
 
+        failure = None
         try:
             client = distributed.Client(args.scheduler, timeout=_SCHEDULER_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as err:  # unreachable, or not an address
-            command.error(f"cannot connect to the Dask scheduler at '{args.scheduler}': {err}")
+            failure = f"cannot connect to the Dask scheduler at '{args.scheduler}': {err}"
+        if failure is not None:
+            # The half-made Client is closed now, by its finalizer, rather than whenever the garbage
+            # collector finds it: there, its close can wait forever for a lock of distributed's that the
+            # thread it interrupts holds (a later Client starting, in a process that goes on).
+            gc.collect()
+            command.error(failure)
+        assert client is not None
         executor = client.get_executor()
     try:
         outputs = resampling_dataset(

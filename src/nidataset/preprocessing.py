@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
-from . import _nifti, _options, _runner
+from . import _nifti, _options, _runner, _storage
 from ._nifti import InvalidVolumeError
 from ._pipeline import resample_file
 from ._runner import DatasetError
@@ -183,6 +183,7 @@ def resampling(
     threads = _options.resolve_threads(threads)
     skip_existing = _options.check_flag("skip_existing", skip_existing)
     folder = _check_output_folder(output_path, storage)
+    storage.abort_unfinished([_storage.join(folder, _nifti.output_name(path))])  # left by a killed run
     target = resample_file(
         path, folder, shape, options, threads=threads, skip_existing=skip_existing, storage=storage
     )
