@@ -201,6 +201,57 @@ def fail_write(self, data):
     raise OSError(5, "the store broke")
 
 
+def test_a_killed_runs_hidden_key_is_removed_by_the_next_run(volume, tmp_path):
+    import fsspec
+
+    from nidataset._atomic import temporary_name
+
+    store = fsspec.filesystem("memory")
+    path, _ = volume
+    store.put(path, "memory://hidden/in/v.nii.gz")
+    left = f"memory://hidden/out/v/{temporary_name('v_resampled.nii.gz')}"
+    store.pipe(left, b"half an output")  # what a killed writer leaves on a store without commits
+    other = "memory://hidden/out/v/.notes.txt"
+    store.pipe(other, b"someone else's")
+    try:
+        resampling_dataset("memory://hidden/in/", "memory://hidden/out/", (10, 15, 9), progress=False)
+        assert not store.exists(left) and store.exists(other)
+        assert store.exists("memory://hidden/out/v/v_resampled.nii.gz")
+    finally:
+        store.rm("memory://hidden", recursive=True)
+
+
+def test_credentials_stay_out_of_reprs_and_messages(capsys):
+    from nidataset._options import Options
+    from nidataset._runner import DatasetJob
+
+    storage = _storage.Storage.of({"key": "AKIA-visible-name", "secret": "s3cr3t-value"})
+    job = DatasetJob("s3://b/out", "case", (9, 9, 9), Options(), 1, storage=storage)
+    assert "s3cr3t-value" not in repr(storage) and "s3cr3t-value" not in repr(job)
+    assert "secret" in repr(storage)  # the names are shown
+    with pytest.raises(TypeError) as info:
+        _storage.Storage.of([("secret", "s3cr3t-value")])
+    assert "s3cr3t-value" not in str(info.value)
+    from nidataset.cli import main
+
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "resample",
+                "s3://b/in/",
+                "s3://b/out/",
+                "--size",
+                "4",
+                "4",
+                "4",
+                "--storage-option",
+                "s3cr3t-value",
+            ]
+        )
+    said = capsys.readouterr().err
+    assert "expected KEY=VALUE" in said and "s3cr3t-value" not in said
+
+
 def test_importing_the_package_does_not_import_fsspec():
     code = "import nidataset, nidataset.preprocessing, nidataset.cli, sys; print('fsspec' in sys.modules)"
     assert (
@@ -369,6 +420,10 @@ def test_missing_bucket_key_and_prefix_are_named(server, bucket, scans, tmp_path
     with pytest.raises(FileNotFoundError, match="no such object") as info:
         resampling(f"s3://{name}/absent.nii.gz", tmp_path, (9, 9, 9), storage_options=options)
     assert info.value.filename == f"s3://{name}/absent.nii.gz"
+    assert name.startswith("test-") and "bucket" not in name
+    fs.mkdir(f"{name}-bucket")  # a bucket whose name says bucket: a missing object is still an object
+    with pytest.raises(FileNotFoundError, match="no such object"):
+        resampling(f"s3://{name}-bucket/absent.nii.gz", tmp_path, (9, 9, 9), storage_options=options)
     with pytest.raises(FileNotFoundError, match="no such bucket") as info:
         resampling(f"s3://{name}-absent/a.nii.gz", tmp_path, (9, 9, 9), storage_options=options)
     assert info.value.filename == f"s3://{name}-absent/a.nii.gz"
@@ -404,6 +459,21 @@ def test_credentials_the_store_refuses_are_named(server, bucket, volume, tmp_pat
         assert info.value.filename == f"s3://{name}/"
     finally:
         check_credentials(False)
+
+
+def test_a_role_that_cannot_list_uploads_still_writes(server, bucket, volume, tmp_path, monkeypatch, caplog):
+    name, fs = bucket
+    fs.put(volume[0], f"{name}/in/v.nii.gz")
+
+    def refused(*args):
+        raise PermissionError(13, "access refused, check the credentials (AccessDenied)", f"s3://{name}/out/")
+
+    monkeypatch.setattr(_storage.Storage, "_abort", staticmethod(refused))
+    outputs = resampling_dataset(
+        f"s3://{name}/in/", f"s3://{name}/out/", (10, 15, 9), progress=False, storage_options=server.options()
+    )
+    assert fs.exists(outputs[0])
+    assert "cannot list the unfinished uploads" in caplog.text
 
 
 def test_an_endpoint_that_does_not_answer_is_named(tmp_path):

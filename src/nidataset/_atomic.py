@@ -31,7 +31,7 @@ try:
 except ImportError:  # pragma: no cover  # not POSIX: no locks, no clearing
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["atomic_file", "remove_stale_temporaries", "temporary_name"]
+__all__ = ["atomic_file", "is_temporary_of", "remove_stale_temporaries", "temporary_name"]
 
 #: Four hex digits of this machine's name, in the names of its temporary files.
 _HOST_TAG = f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFF:04x}"
@@ -45,6 +45,22 @@ _FORMER = re.compile(r"\.(?P<head>.+)\.(?P<pid>[0-9]+)\.[^.]+\.tmp\Z", re.DOTALL
 #: a writer's lock would not keep this process's own clearing away.
 _WRITING: set[tuple[int, int]] = set()
 _WRITING_LOCK = threading.Lock()
+
+
+def is_temporary_of(name: str, final: str) -> bool:
+    """Whether `name` is a temporary name :func:`temporary_name` gives a file named `final` (any host).
+
+    Examples
+    --------
+    >>> is_temporary_of(temporary_name("scan_001_resampled.nii.gz"), "scan_001_resampled.nii.gz")
+    True
+    >>> is_temporary_of(".scan_001.0a1b-2c3d4e.tmp", "scan_002_resampled.nii.gz")
+    False
+    """
+    head = final[: max(0, len(final) - _OVERHEAD)]
+    return (
+        name.startswith(f".{head}.") and len(name) == len(head) + _OVERHEAD and _TAIL.search(name) is not None
+    )
 
 
 def temporary_name(name: str) -> str:

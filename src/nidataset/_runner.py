@@ -175,9 +175,9 @@ def remove_stale_temporaries(job: DatasetJob, inputs: Sequence[str]) -> None:
         for path in inputs:
             with contextlib.suppress(ValueError):  # reported when that file runs
                 targets.append(job.target(path))
-        aborted = job.storage.abort_unfinished(targets)
-        if aborted:
-            logger.info("aborted %d unfinished uploads left by killed runs under %s", aborted, job.root)
+        cleared = job.storage.abort_unfinished(targets)
+        if cleared:
+            logger.info("cleared %d uploads or hidden keys left by killed runs under %s", cleared, job.root)
         return
     folders = {job.root}
     for path in inputs:

@@ -37,7 +37,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from ._atomic import atomic_file, temporary_name
+from ._atomic import atomic_file, is_temporary_of, temporary_name
 
 __all__ = ["LOCAL", "Storage", "is_url", "join", "name_of"]
 
@@ -117,7 +117,12 @@ class Storage:
     Local paths need none of it; the same object serves both.
     """
 
-    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False, repr=False)
+
+    def __repr__(
+        self,
+    ) -> str:  # the option names only: their values may be credentials (Dask logs task reprs)
+        return f"Storage(options with keys {sorted(self.options)})"
 
     @classmethod
     def of(cls, options: Mapping[str, Any] | None) -> Storage:
@@ -131,7 +136,7 @@ class Storage:
         if options is None:
             return LOCAL
         if not isinstance(options, Mapping) or not all(isinstance(key, str) for key in options):
-            raise TypeError(f"storage_options must be a dict with str keys, got {options!r}")
+            raise TypeError(f"storage_options must be a dict with str keys, got a {type(options).__name__}")
         return cls(dict(options))
 
     # --- reading -------------------------------------------------------------------------------------------
@@ -209,6 +214,9 @@ class Storage:
                 info = fs.info(bucket)
         except FileNotFoundError as err:
             raise FileNotFoundError(errno.ENOENT, "no such bucket", where) from err
+        except PermissionError as err:  # a policy that allows objects under a prefix, not the bucket
+            logger.info("cannot look at the bucket of %s (%s): its objects will tell", url, err.strerror)
+            return url
         if info.get("type") == "file":  # pragma: no cover  # a bucket is never an object
             raise NotADirectoryError(errno.ENOTDIR, "not in a bucket", url)
         return url
@@ -297,16 +305,20 @@ class Storage:
             raise
 
     def abort_unfinished(self, urls: Sequence[str]) -> int:
-        """Abort the unfinished S3 uploads to the objects `urls` (what killed writers left); return how many.
+        """Clear what killed writers left of the objects `urls`; return how many uploads or keys went.
 
-        They hold parts, never an object; a listing per bucket (of their common prefix) finds them. Other
-        stores and local paths have none to abort.
+        S3: the unfinished uploads to those objects (they hold parts, never an object), found by a listing
+        per bucket of their common prefix. Stores written under hidden temporary keys: those keys, found
+        by a listing of each folder. Nothing here can tell a killed writer from a live one: two runs must
+        not write the same outputs at the same time. Local paths have nothing to clear here.
         """
         remote = [url for url in urls if is_url(url)]
         if not remote:
             return 0
         fs, _ = self.filesystem(remote[0])
         call = getattr(fs, "call_s3", None)
+        if _protocol(fs) not in _COMMITTING:
+            return self._remove_hidden(fs, remote)
         if _protocol(fs) not in ("s3", "s3a") or call is None:
             return 0
         scheme = remote[0].split("://", 1)[0]
@@ -314,6 +326,35 @@ class Storage:
         for url in remote:
             bucket, _, name = self.filesystem(url)[1].partition("/")
             wanted.setdefault(bucket, set()).add(name)
+        try:
+            return self._abort(call, scheme, wanted)
+        except PermissionError as err:  # a role that may write objects but not list uploads: nothing lost
+            logger.warning("cannot list the unfinished uploads under %s: %s", err.filename, err.strerror)
+            return 0
+
+    def _remove_hidden(self, fs: Any, urls: Sequence[str]) -> int:
+        """Delete the hidden temporary keys of `urls` (a store without committed uploads)."""
+        by_folder: dict[str, set[str]] = {}
+        for url in urls:
+            key = self.filesystem(url)[1]
+            folder, _, name = key.rpartition("/")
+            by_folder.setdefault(folder, set()).add(name)
+        removed = 0
+        for folder, names in by_folder.items():
+            try:
+                entries = fs.ls(folder, detail=False) if folder else []
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                name = entry.rstrip("/").rsplit("/", 1)[-1]
+                if any(is_temporary_of(name, final) for final in names):
+                    with contextlib.suppress(FileNotFoundError):
+                        fs.rm(entry)
+                        removed += 1
+        return removed
+
+    @staticmethod
+    def _abort(call: Any, scheme: str, wanted: dict[str, set[str]]) -> int:
         aborted = 0
         for bucket, names in wanted.items():
             common = os.path.commonprefix(sorted(names))  # noqa: RUF071  # S3 prefixes are strings
@@ -516,7 +557,9 @@ class _S3Body(io.RawIOBase):
 
     def _get(self, start: int) -> None:
         """Ask for the object from byte `start`, and for its first chunk."""
-        more = {"Range": f"bytes={start}-", "IfMatch": self.etag} if start else {}
+        more: dict[str, str] = {"Range": f"bytes={start}-"} if start else {}
+        if self.etag:  # the same version as the bytes already read
+            more["IfMatch"] = self.etag
         with _failures(self.url, "reading"):
             response = self.fs.call_s3("get_object", **self.request, **more)
         self.body, self.etag = response["Body"], response.get("ETag")
@@ -666,13 +709,19 @@ def _translated(err: Exception, url: str, doing: str) -> OSError:
     if isinstance(err, OSError) and err.filename == url:
         return err  # already said
     if isinstance(err, FileNotFoundError) or "NoSuchBucket" in text or "NoSuchKey" in text:
-        what = "bucket" if "NoSuchBucket" in text or "bucket" in text.lower() else "object"
+        what = "bucket" if "NoSuchBucket" in text or "bucket does not exist" in text.lower() else "object"
         said = f" ({text})" if " " in text else ""  # the server's words, not the path again
         return FileNotFoundError(errno.ENOENT, f"no such {what}{said}", url)
     if isinstance(err, PermissionError) or "NoCredentials" in names or any(c in text for c in _REFUSED):
         return PermissionError(errno.EACCES, f"access refused, check the credentials ({text})", url)
     if isinstance(err, (ConnectionError, TimeoutError)) or any(word in names for word in _UNREACHABLE):
-        return ConnectionError(errno.ECONNREFUSED, f"cannot reach the store while {doing} it ({text})", url)
+        return ConnectionError(
+            errno.ECONNREFUSED,
+            f"cannot reach the store, or it stopped answering, while {doing} it ({text})",
+            url,
+        )
+    if "pre-condition" in text or "PreconditionFailed" in text:
+        return OSError(errno.ESTALE, f"it changed while {doing} it ({text})", url)
     number = err.errno if isinstance(err, OSError) and err.errno else errno.EIO
     return OSError(number, f"{doing} it failed ({type(err).__name__}: {text})", url)
 

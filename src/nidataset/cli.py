@@ -65,8 +65,8 @@ def _positive_int(text: str) -> int:
 def _storage_option(text: str) -> tuple[str, Any]:
     """``KEY=VALUE``: VALUE as JSON if it is JSON (``true``, ``5``, ``{...}``), else as text."""
     key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    if not sep or not key:  # not echoed: it may be a secret
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {len(text)} characters without '=' or KEY")
     try:
         return key, json.loads(value)
     except ValueError:
