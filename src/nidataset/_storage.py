@@ -681,7 +681,8 @@ class _RemoteWriter(io.RawIOBase):
         return memoryview(data).nbytes
 
     def flush(self) -> None:
-        if not self.closed:
+        # Not once the upload is closed (committed or thrown away): io's finalizer flushes what it closes.
+        if not self.closed and not getattr(self.remote, "closed", False):
             with _failures(self.url, "writing"):
                 self.remote.flush()
 
