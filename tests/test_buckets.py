@@ -296,6 +296,49 @@ def test_a_remote_input_is_read_a_block_at_a_time(server, bucket, tmp_path, rng)
     assert peak < 8 * _storage._AHEAD < compressed / 3, (peak, compressed)
 
 
+WRITE_PEAK = """
+import json, sys, tracemalloc
+import nibabel as nib
+import numpy as np
+from nidataset import _nifti, _storage
+shape = (256, 256, int(sys.argv[3]))  # incompressible int16
+header = nib.Nifti1Header()
+header.set_data_dtype(np.int16)
+header.set_data_shape(shape)
+rng = np.random.default_rng(0)
+slab = rng.integers(-30000, 30000, (8, 256, 256)).astype(np.int16)
+storage = _storage.Storage.of(json.loads(sys.argv[2]))
+storage.is_file(sys.argv[1])  # the S3 client made first: its service model alone is some 20 MB
+tracemalloc.start()
+with _nifti.SlabWriter(sys.argv[1], header, storage=storage) as writer:
+    for _ in range(shape[2] // 8):
+        slab += 1  # no two slabs alike
+        writer.write(slab)
+print(tracemalloc.get_traced_memory()[1])
+"""
+
+
+def test_an_output_is_uploaded_as_it_is_compressed(server, bucket):
+    # In a process of its own, as the read test. Parts of 5 MiB go up while the file is written: what
+    # is held does not grow with the output (a few parts' worth: the part, its request, the compressor).
+    import json
+
+    name, fs = bucket
+    peaks, sizes = [], []
+    for slices in (192, 768):  # 25 MB, then 100 MB
+        url = f"s3://{name}/big_{slices}_resampled.nii.gz"
+        done = subprocess.run(
+            [sys.executable, "-c", WRITE_PEAK, url, json.dumps(server.options()), str(slices)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        peaks.append(int(done.stdout))
+        sizes.append(fs.info(url)["size"])
+    assert sizes[1] > 100e6 and sizes[1] > 3.9 * sizes[0]
+    assert peaks[1] < peaks[0] + 5 * 2**20 and peaks[1] < sizes[1] / 3, (peaks, sizes)
+
+
 # --- 4: atomic uploads, skip_existing --------------------------------------------------------------------
 
 
