@@ -507,14 +507,20 @@ class _Ranges(io.RawIOBase):
         return len(piece)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        target = offset + (0, self.position, self.size)[whence]
-        if target < 0:
-            raise ValueError(f"negative seek position {target}")
+        target = _seek_target(offset, whence, self.position, self.size)
         self.position = target
         return self.position
 
     def tell(self) -> int:
         return self.position
+
+
+def _seek_target(offset: int, whence: int, position: int, size: int) -> int:
+    """Return the position ``seek(offset, whence)`` asks for, in a file at `position` of `size` bytes."""
+    target = offset + (0, position, size)[whence]
+    if target < 0:
+        raise ValueError(f"negative seek position {target}")
+    return target
 
 
 async def _opening(fs: Any, key: str, block: int) -> tuple[int, bytes, bytes]:
@@ -618,9 +624,7 @@ class _S3Body(io.RawIOBase):
         return True
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        target = offset + (0, self.position, self.size)[whence]
-        if target < 0:
-            raise ValueError(f"negative seek position {target}")
+        target = _seek_target(offset, whence, self.position, self.size)
         if target != self.position:
             self._drop()
             self.position = target
