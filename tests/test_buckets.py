@@ -8,11 +8,13 @@ import gzip
 import logging
 import os
 import random
+import re
 import secrets
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -20,7 +22,7 @@ import pytest
 
 from helpers import write_nifti
 from nidataset import _storage
-from nidataset.preprocessing import DatasetError, resampling, resampling_dataset
+from nidataset.preprocessing import DatasetError, InvalidVolumeError, resampling, resampling_dataset
 
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
@@ -139,7 +141,7 @@ def test_a_prefix_to_a_prefix_gives_the_local_outputs_byte_for_byte(
         (15, 14, 10),
         saving_mode,
         progress=False,
-        workers=workers,  # 2: a process pool, whose processes make their own connections
+        workers=workers,  # 2: threads sharing this process's client
         storage_options=server.options(),
     )
     expected = [f"s3://{name}/out/{os.path.relpath(p, tmp_path / 'local')}" for p in local]
@@ -147,6 +149,33 @@ def test_a_prefix_to_a_prefix_gives_the_local_outputs_byte_for_byte(
     for url, path in zip(remote, local, strict=True):
         assert fs.cat(url) == read(path)
     assert not unfinished_uploads(fs, name)
+
+
+def test_workers_on_urls_are_threads_of_this_process(server, bucket, scans, monkeypatch):
+    # A process of a pool would make its own client of the store (a third of a CPU-second each).
+    from nidataset import _runner
+
+    name, fs = bucket
+    folder, paths = scans
+    upload(fs, folder, f"{name}/scans")
+    running = []
+    real = _runner.resample_file
+
+    def spy(*args, **kwargs):
+        running.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_runner, "resample_file", spy)
+    outputs = resampling_dataset(
+        f"s3://{name}/scans/",
+        f"s3://{name}/out/",
+        (15, 14, 10),
+        workers=2,
+        progress=False,
+        storage_options=server.options(),
+    )
+    assert len(outputs) == len(paths)
+    assert len(running) == len(paths) and all(name.startswith("nidataset-file") for name in running)
 
 
 def test_one_object_with_its_preview_and_every_url_form(server, bucket, volume, tmp_path):
@@ -316,6 +345,82 @@ with _nifti.SlabWriter(sys.argv[1], header, storage=storage) as writer:
         writer.write(slab)
 print(tracemalloc.get_traced_memory()[1])
 """
+
+
+def requests_logged(caplog):
+    """The requests the server logged, as (method, path) pairs."""
+    found = []
+    for record in caplog.records:
+        if record.name == "werkzeug" and (asked := re.search(r"([A-Z]+) (/\S*) HTTP/", record.getMessage())):
+            found.append((asked.group(1), asked.group(2).split("?")[0]))
+    return found
+
+
+def test_a_dataset_reads_each_object_by_one_get(server, bucket, scans, caplog):
+    # Header and voxels from one GET; no HEAD per object; one PUT per output.
+    name, fs = bucket
+    folder, paths = scans
+    upload(fs, folder, f"{name}/scans")
+    caplog.set_level(logging.INFO, logger="werkzeug")
+    outputs = resampling_dataset(
+        f"s3://{name}/scans/",
+        f"s3://{name}/out/",
+        (15, 14, 10),
+        progress=False,
+        storage_options=server.options(),
+    )
+    asked = requests_logged(caplog)
+    for path, url in zip(paths, outputs, strict=True):
+        key = f"/{name}/scans/{os.path.basename(path)}"
+        assert [method for method, where in asked if where == key] == ["GET"], asked
+        assert [method for method, where in asked if where == url[len("s3:/") :]] == ["PUT"], asked
+
+
+def test_a_body_serves_its_first_chunk_again_without_asking(server, bucket, caplog):
+    name, fs = bucket
+    data = os.urandom(3 * _storage._AHEAD + 123)
+    fs.pipe(f"{name}/blob.nii.gz", data)
+    storage = _storage.Storage.of(server.options())
+    caplog.set_level(logging.INFO, logger="werkzeug")
+
+    def gets():
+        return sum(where == f"/{name}/blob.nii.gz" for _, where in requests_logged(caplog))
+
+    with storage.open_input(f"s3://{name}/blob.nii.gz") as raw:
+        assert raw.read(1000) == data[:1000]  # a header
+        raw.seek(10)
+        assert raw.read(10) == data[10:20]  # read again
+        raw.seek(0)
+        assert raw.read() == data  # then on through the whole body
+        assert gets() == 1
+        raw.seek(_storage._AHEAD + 5)  # somewhere not held: the rest from there
+        assert raw.read(100) == data[_storage._AHEAD + 5 :][:100]
+        assert raw.read() == data[_storage._AHEAD + 105 :]  # on the same answer
+        assert gets() == 2
+
+
+def test_an_object_shorter_than_its_header_says_fails_as_it_streams(server, bucket, tmp_path, rng):
+    # Its gzip trailer is not asked for (a second request): the stream ends early, naming the URL.
+    name, fs = bucket
+    data = rng.integers(-30000, 30000, (64, 64, 48)).astype(np.int16)
+    whole = read(write_nifti(tmp_path / "whole.nii.gz", data))
+    fs.pipe(f"{name}/in/short.nii.gz", whole[: len(whole) * 2 // 3])
+    with pytest.raises(InvalidVolumeError, match=f"s3://{name}/in/short.nii.gz"):
+        resampling(
+            f"s3://{name}/in/short.nii.gz",
+            f"s3://{name}/out/",
+            (32, 32, 24),
+            storage_options=server.options(),
+        )
+    assert not fs.find(f"{name}/out")
+    assert not unfinished_uploads(fs, name)
+    # A header that claims more than the object could hold is still refused before any voxel is read.
+    zeros = read(write_nifti(tmp_path / "zeros.nii.gz", np.zeros((256, 256, 200), np.int16)))  # 26 MB
+    fs.pipe(f"{name}/in/tiny.nii.gz", zeros[:4096])
+    with pytest.raises(InvalidVolumeError, match="more than a 4,096-byte gzip file can hold"):
+        resampling(
+            f"s3://{name}/in/tiny.nii.gz", f"s3://{name}/out/", (32, 32, 24), storage_options=server.options()
+        )
 
 
 def test_an_output_is_uploaded_as_it_is_compressed(server, bucket):
@@ -600,12 +705,13 @@ def test_a_cli_run_killed_mid_upload_leaves_no_object_and_its_rerun_completes(se
     assert not unfinished_uploads(fs, name)  # the killed run's parts were aborted
 
 
-def test_ctrl_c_mid_upload_aborts_it_and_says_what_is_complete(server, bucket, tmp_path, rng):
+@pytest.mark.parametrize("workers", [1, 2])  # 2: threads, asked to stop when the main thread is interrupted
+def test_ctrl_c_mid_upload_aborts_it_and_says_what_is_complete(server, bucket, tmp_path, rng, workers):
     name, fs = bucket
     for i in range(2):
         data = rng.integers(-30000, 30000, (64, 64, 48)).astype(np.int16)
         fs.put(write_nifti(tmp_path / f"x{i}.nii.gz", data), f"{name}/in/x{i}.nii.gz")
-    size = ["--size", "256", "256", "192"]
+    size = ["--size", "256", "256", "192", "--workers", str(workers)]
     run = cli("resample", f"s3://{name}/in/", f"s3://{name}/out/", *size, *server.cli_options(), "-q")
     try:
         assert wait_for(lambda: unfinished_uploads(fs, name) or run.poll() is not None)

@@ -244,3 +244,29 @@ def test_an_output_name_too_long_for_its_file_system_is_refused_before_any_work(
     assert info.value.filename == str(tmp_path / "out" / f"{prefix}_resampled.nii.gz")
     assert f"name is {limit + 1} bytes long, more than the {limit}" in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("interpolation", ["bspline", "nearest"])
+@pytest.mark.parametrize("size", [(13, 11, 9), (41, 50, 35)])  # output held, input held
+def test_a_call_asked_to_stop_stops_at_a_slab_and_leaves_nothing(volume, tmp_path, interpolation, size):
+    # How a thread pool's files are interrupted: the event is set from another thread mid-run.
+    src, _ = volume
+    stop = threading.Event()
+    checks = []
+    real_check = _pipeline._Run._go_on
+
+    def check(self):
+        checks.append(self)
+        if len(checks) == 3:  # two slabs in: asked to stop from now on
+            stop.set()
+        return real_check(self)
+
+    options = Options(interpolation=interpolation)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_pipeline._Run, "_go_on", check)
+        with pytest.raises(KeyboardInterrupt):
+            _pipeline.resample_file(src, str(tmp_path / "out"), size, options, slab_values=SLAB, stop=stop)
+    assert len(checks) == 3  # stopped at the slab it was asked at
+    assert not (tmp_path / "out").exists()  # no output, no temporary file, no folder of its own
+    out = _pipeline.resample_file(src, str(tmp_path / "out"), size, options, slab_values=SLAB)
+    assert stored(out).shape == size

@@ -8,7 +8,8 @@ it, before anything it describes is allocated; nibabel then parses it. The voxel
 and written back a slab at a time by :class:`SlabWriter`. Writes are atomic (see
 :mod:`nidataset._atomic`, whose :func:`atomic_file` and :func:`remove_stale_temporaries` are also
 found here). Files are opened through :class:`nidataset._storage.Storage`: a local path, or a URL
-read by ranged requests and uploaded as it is compressed. :class:`MidPlanes` keeps the three mid-planes
+streamed (an S3 object by one request, header and voxels: :func:`opened_volume`) and uploaded as it
+is compressed. :class:`MidPlanes` keeps the three mid-planes
 of slabs as they stream by, for previews.
 """
 
@@ -22,7 +23,7 @@ import math
 import os
 import zlib
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, BinaryIO, Literal
 
@@ -46,6 +47,7 @@ __all__ = [
     "atomic_file",
     "largest_size",
     "open_volume",
+    "opened_volume",
     "output_header",
     "output_name",
     "prefix",
@@ -101,7 +103,8 @@ class Source:
     """A NIfTI file whose header has been read and checked; its voxels are read on demand.
 
     `shape` and `dtype` are those of the stored voxels (``X, Y, Z``, on-disk byte order); they start
-    `offset` bytes into the decompressed stream; `storage` opens `path`.
+    `offset` bytes into the decompressed stream; `storage` opens `path`, unless `raw` holds it open
+    already (see :func:`opened_volume`).
     """
 
     path: str
@@ -110,6 +113,7 @@ class Source:
     dtype: np.dtype
     offset: int
     storage: Storage = LOCAL
+    raw: BinaryIO | None = field(default=None, compare=False, repr=False)
 
     @property
     def stored_shape(self) -> tuple[int, int, int]:
@@ -159,6 +163,7 @@ def open_volume(path: str, storage: Storage = LOCAL) -> Source:
     header fails with its reason in plain words and without allocating what it describes: the number of
     dimensions and their sizes, the data type, where the voxels start, the scaling, the voxel sizes and
     orientation, the header extensions, and whether the file holds as many voxels as its header claims.
+    Only the header is read (a URL's by small ranged requests); the file is closed on return.
 
     Raises
     ------
@@ -170,21 +175,46 @@ def open_volume(path: str, storage: Storage = LOCAL) -> Source:
         If the device fails while the file is read (EIO, say): the error number is kept and the message
         names the file. FileNotFoundError, PermissionError and IsADirectoryError as raised by ``open``.
     """
-    with _read_errors(path):
-        with storage.open_input(path, HEADER_BLOCK) as raw:
-            offset = _check_header(path, raw, storage)
-            image = _parse_image(path, raw) if is_url(path) else nib.load(local_path(path))  # the header only
-        if not isinstance(image, nib.Nifti1Image):  # Nifti2Image is a subclass
-            raise InvalidVolumeError(f"'{path}' is not a NIfTI image (read as {type(image).__name__})")
-        # nibabel moves scl_slope/scl_inter from the header it returns into the data proxy: put them back.
-        header = image.header.copy()
-        proxy: Any = image.dataobj
-        slope, inter = float(proxy.slope), float(proxy.inter)
-        if (slope, inter) != (1.0, 0.0):
-            header.set_slope_inter(slope, inter)
-        shape = tuple(int(n) for n in header.get_data_shape())
-        if int(proxy.offset) != offset:  # the header nibabel returns has vox_offset reset to 0
-            raise _invalid(path, f"nibabel reads its voxels from byte {int(proxy.offset)}, not {offset}")
+    with _read_errors(path), storage.open_input(path, HEADER_BLOCK) as raw:
+        return _read_header(path, raw, storage, streamed=False)
+
+
+@contextlib.contextmanager
+def opened_volume(path: str, storage: Storage = LOCAL) -> Iterator[Source]:
+    """:func:`open_volume`, the file held open for its voxels until the block ends.
+
+    The header and then the voxels come from one opening: for an S3 object, from one GET, where
+    :func:`open_volume` and a read of the voxels would take four requests. A URL's gzip trailer is not
+    asked for: whether it holds the voxels its header claims is found as they stream (what the header
+    claims is still bounded by the object's size before anything is allocated).
+
+    Raises as :func:`open_volume` does.
+    """
+    with contextlib.ExitStack() as stack:
+        with _read_errors(path):
+            raw = stack.enter_context(storage.open_input(path, STREAM_BLOCK))
+            source = _read_header(path, raw, storage, streamed=is_url(path))
+        yield replace(source, raw=raw)
+
+
+def _read_header(path: str, raw: BinaryIO, storage: Storage, streamed: bool) -> Source:
+    """Check and parse the header at the start of `raw`, the file at `path` (left where it was).
+
+    `streamed`: the voxels will stream from `raw` next, which checks whether they are all there.
+    """
+    offset = _check_header(path, raw, storage, streamed)
+    image = _parse_image(path, raw) if is_url(path) else nib.load(local_path(path))  # the header only
+    if not isinstance(image, nib.Nifti1Image):  # Nifti2Image is a subclass
+        raise InvalidVolumeError(f"'{path}' is not a NIfTI image (read as {type(image).__name__})")
+    # nibabel moves scl_slope/scl_inter from the header it returns into the data proxy: put them back.
+    header = image.header.copy()
+    proxy: Any = image.dataobj
+    slope, inter = float(proxy.slope), float(proxy.inter)
+    if (slope, inter) != (1.0, 0.0):
+        header.set_slope_inter(slope, inter)
+    shape = tuple(int(n) for n in header.get_data_shape())
+    if int(proxy.offset) != offset:  # the header nibabel returns has vox_offset reset to 0
+        raise _invalid(path, f"nibabel reads its voxels from byte {int(proxy.offset)}, not {offset}")
     x, y, z = shape[:3]
     dtype = header.get_data_dtype()
     return Source(path=path, header=header, shape=(x, y, z), dtype=dtype, offset=offset, storage=storage)
@@ -304,12 +334,12 @@ def _sizes(shape: Sequence[int]) -> str:
     return " x ".join(str(int(n)) for n in shape)
 
 
-def _check_header(path: str, raw: BinaryIO, storage: Storage) -> int:
+def _check_header(path: str, raw: BinaryIO, storage: Storage, streamed: bool) -> int:
     """Check the header of the file at `path` field by field, and its claimed size; return the voxels' offset.
 
-    Only the header, the extensions' own 8-byte headers and the gzip trailer are read from `raw` (with the
-    standard library's gzip, which inflates no more than it is asked for; ISA-L's reader inflates 512 KiB
-    ahead); `raw` is left where it was.
+    Only the header, the extensions' own 8-byte headers and the gzip trailer (unless `streamed`, see
+    :func:`_check_claimed_size`) are read from `raw` (with the standard library's gzip, which inflates no
+    more than it is asked for; ISA-L's reader inflates 512 KiB ahead); `raw` is left where it was.
     """
     start = raw.tell()
     with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
@@ -323,7 +353,7 @@ def _check_header(path: str, raw: BinaryIO, storage: Storage) -> int:
         header = _parse(path, klass, block[:size])
         shape, dtype, offset = _check_fields(path, header, first)
         extended = len(block) > size and block[size] != 0  # the first byte of the extension flag
-    _check_claimed_size(path, raw, storage, offset + math.prod(shape) * dtype.itemsize)
+    _check_claimed_size(path, raw, storage, offset + math.prod(shape) * dtype.itemsize, streamed)
     if extended:
         raw.seek(start)
         with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
@@ -457,11 +487,11 @@ def _check_extensions(path: str, stream: gzip.GzipFile, endianness: str, start: 
 @contextlib.contextmanager
 def _voxels(source: Source) -> Iterator[Callable[[np.ndarray], None]]:
     """Open the voxels of `source`; yield a function that fills C-contiguous arrays from them, in order."""
-    with (
-        _read_errors(source.path),
-        source.storage.open_input(source.path, STREAM_BLOCK) as raw,
-        igzip.IGzipFile(fileobj=raw, mode="rb") as stream,
-    ):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_read_errors(source.path))
+        raw = source.raw or stack.enter_context(source.storage.open_input(source.path, STREAM_BLOCK))
+        raw.seek(0)
+        stream = stack.enter_context(igzip.IGzipFile(fileobj=raw, mode="rb"))
         stream.seek(source.offset)
         done = source.offset
 
@@ -483,10 +513,12 @@ def _voxels(source: Source) -> Iterator[Callable[[np.ndarray], None]]:
         yield fill
 
 
-def _check_claimed_size(path: str, raw: BinaryIO, storage: Storage, claimed: int) -> None:
+def _check_claimed_size(path: str, raw: BinaryIO, storage: Storage, claimed: int, streamed: bool) -> None:
     """Fail unless the gzip file at `path`, open as `raw`, decompresses to at least `claimed` bytes.
 
-    The file is read only when neither its size nor its gzip trailer settles the question.
+    The file is read only when neither its size nor its gzip trailer settles the question. If `streamed`
+    (its voxels stream from `raw` next, which fail if they end early), only its size is looked at: the
+    trailer of a file read in one request would take another.
     """
     compressed = raw.seek(0, os.SEEK_END)
     if claimed > _MAX_DEFLATE_RATIO * compressed + 1024:
@@ -494,6 +526,8 @@ def _check_claimed_size(path: str, raw: BinaryIO, storage: Storage, claimed: int
             f"'{path}' is not a readable NIfTI file: its header claims {claimed:,} bytes, more than a "
             f"{compressed:,}-byte gzip file can hold"
         )
+    if streamed:
+        return
     raw.seek(max(0, compressed - 4))
     size_mod_4g = int.from_bytes(raw.read(4), "little")  # ISIZE of the last gzip member
     if size_mod_4g == claimed % 2**32:

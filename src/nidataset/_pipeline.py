@@ -67,6 +67,7 @@ def resample_file(
     skip_existing: bool = False,
     slab_values: int = SLAB_VALUES,
     storage: Storage = LOCAL,
+    stop: threading.Event | None = None,
 ) -> str:
     """Resample the volume at `path` to `shape` voxels into ``folder/<PREFIX>_resampled.nii.gz``.
 
@@ -93,6 +94,9 @@ def resample_file(
         threads; other sizes can change the last bits of float rounding (BLAS picks kernels by size).
     storage : Storage
         Opens URLs (endpoint, credentials); local paths need nothing of it.
+    stop : threading.Event, optional
+        Once set, the call stops at its next slab by raising KeyboardInterrupt, as an interrupt would,
+        leaving no output: how a thread pool's files are interrupted (only the main thread takes Ctrl-C).
 
     Returns
     -------
@@ -114,34 +118,46 @@ def resample_file(
     """
     target = join(folder, _nifti.output_name(path))
     picture = join(folder, _nifti.preview_name(path))
-    source = _nifti.open_volume(path, storage)
-    header = _nifti.output_header(source, shape, align=options.align)
-    if skip_existing and storage.is_file(target):
-        mismatch = _mismatch(target, shape, source.dtype, storage)
-        if mismatch is None:
-            logger.info("kept %s", target)
-            if options.preview and not storage.is_file(picture):
-                original = _nifti.read_mid_planes(path, storage)
-                _draw(path, target, original, _nifti.read_mid_planes(target, storage), picture, storage)
-            return target
-        logger.info("redoing %s: %s", target, mismatch)
+    if skip_existing and _kept(path, target, picture, shape, options, storage):
+        return target
     made = []
-    if not is_url(target):  # a bucket has no folders to make, and its keys' lengths are its own
-        _check_name_length(target)
-        made = _make_folder(folder)
-    try:
-        taps = _Taps(source, header) if options.preview else None
-        with one_blas_thread():
-            _Run(source, header, target, options, threads, slab_values, taps, storage).go()
-    except BaseException as err:
-        _remove_empty(made)  # a failed file leaves no folder of its own behind
-        if isinstance(err, MemoryError):
-            raise MemoryError(_out_of_memory(source, shape, options, slab_values)) from err
-        raise
+    with _nifti.opened_volume(path, storage) as source:  # held open: its voxels come from the same opening
+        header = _nifti.output_header(source, shape, align=options.align)
+        if not is_url(target):  # a bucket has no folders to make, and its keys' lengths are its own
+            _check_name_length(target)
+            made = _make_folder(folder)
+        try:
+            taps = _Taps(source, header) if options.preview else None
+            with one_blas_thread():
+                _Run(source, header, target, options, threads, slab_values, taps, storage, stop).go()
+        except BaseException as err:
+            _remove_empty(made)  # a failed file leaves no folder of its own behind
+            if isinstance(err, MemoryError):
+                raise MemoryError(_out_of_memory(source, shape, options, slab_values)) from err
+            raise
     logger.info("resampled %s %s -> %s %s", path, source.shape, target, shape)
     if taps is not None:
         _draw(path, target, taps.original, taps.resampled, picture, storage)
     return target
+
+
+def _kept(
+    path: str, target: str, picture: str, shape: tuple[int, int, int], options: Options, storage: Storage
+) -> bool:
+    """Whether the existing output `target` is kept (drawing its missing preview), by headers alone."""
+    if not storage.is_file(target):
+        return False
+    source = _nifti.open_volume(path, storage)
+    _nifti.output_header(source, shape, align=options.align)  # raises as a run would (sizes, orientation)
+    mismatch = _mismatch(target, shape, source.dtype, storage)
+    if mismatch is not None:
+        logger.info("redoing %s: %s", target, mismatch)
+        return False
+    logger.info("kept %s", target)
+    if options.preview and not storage.is_file(picture):
+        original = _nifti.read_mid_planes(path, storage)
+        _draw(path, target, original, _nifti.read_mid_planes(target, storage), picture, storage)
+    return True
 
 
 def _mismatch(target: str, shape: tuple[int, int, int], dtype: np.dtype, storage: Storage) -> str | None:
@@ -198,10 +214,11 @@ class _Run:
         slab_values: int,
         taps: _Taps | None,
         storage: Storage,
+        stop: threading.Event | None = None,
     ):
         self.source, self.header, self.target, self.options = source, header, target, options
         self.threads, self.slab_values, self.taps = threads, slab_values, taps
-        self.storage = storage
+        self.storage, self.stop = storage, stop
         self.in_shape = source.stored_shape
         x, y, z = (int(n) for n in header.get_data_shape()[:3])
         self.out_shape = (z, y, x)
@@ -363,11 +380,18 @@ class _Run:
             self.target, self.header, threads=compress, wait=self.threads == 1, storage=self.storage
         )
 
+    def _go_on(self) -> None:
+        """Raise KeyboardInterrupt if the caller has asked this call to stop."""
+        if self.stop is not None and self.stop.is_set():
+            raise KeyboardInterrupt
+
     def _seen(self, block: np.ndarray) -> None:
+        self._go_on()
         if self.taps is not None:
             self.taps.original.add(block)
 
     def _emit(self, writer: _nifti.SlabWriter, values: np.ndarray) -> None:
+        self._go_on()
         if self.taps is not None:
             self.taps.resampled.add(values)
         writer.write(values)

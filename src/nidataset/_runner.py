@@ -1,7 +1,8 @@
 """Dataset runs: find the inputs of a folder, resample each into its place, report every failure at the end.
 
-Files run one after the other, on a local process pool, or on any ``concurrent.futures.Executor`` (such
-as a Dask cluster's). The unit of work is a :class:`DatasetJob`: small, immutable and picklable, it
+Files run one after the other, on a local pool (of processes; of threads for files in a bucket, which
+then share one client of the store), or on any ``concurrent.futures.Executor`` (such as a Dask
+cluster's). The unit of work is a :class:`DatasetJob`: small, immutable and picklable, it
 carries everything a file needs, the threads it may use included, so that it runs the same in this
 process, a pool's process or a Dask task. This module also knows the layout of the outputs (a folder
 per case, or one folder) and clears what killed runs left there.
@@ -137,7 +138,8 @@ class DatasetJob:
         """Return the output file of the input `path`."""
         return join(self.folder(path), _nifti.output_name(path))
 
-    def __call__(self, path: str) -> str:
+    def __call__(self, path: str, stop: threading.Event | None = None) -> str:
+        """Resample `path`; a thread pool may ask it to `stop` (see :func:`resample_file`)."""
         if not is_url(path):  # checked here, where it runs: not a FIFO, a folder, a broken link
             check_input_file(path, _nifti.SUFFIX)  # (a listed object: opening it says what is wrong)
         return resample_file(
@@ -148,6 +150,7 @@ class DatasetJob:
             threads=self.threads,
             skip_existing=self.skip_existing,
             storage=self.storage,
+            stop=stop,
         )
 
 
@@ -192,18 +195,21 @@ def remove_stale_temporaries(job: DatasetJob, inputs: Sequence[str]) -> None:
 
 def run(
     inputs: Sequence[str],
-    job: Callable[[str], str],
+    job: Callable[..., str],
     *,
     workers: int = 1,
     executor: Executor | None = None,
+    in_threads: bool = False,
     progress: bool = True,
     desc: str = "Resampling",
 ) -> list[str]:
     """Apply `job` to every input, going on past failures.
 
     With ``workers > 1`` the inputs run on a local process pool of that size (`job` must then be
-    picklable); with an `executor` they run on it; otherwise one after the other in this process. The
-    progress bar advances as inputs finish, in whatever order they finish.
+    picklable), or on a pool of threads of this process if `in_threads` (`job` then takes a
+    ``stop=`` event, set when the run is interrupted); with an `executor` they run on it; otherwise one
+    after the other in this process. The progress bar advances as inputs finish, in whatever order they
+    finish.
 
     Returns the outputs in input order. If any input failed, raises :class:`DatasetError` once all the
     others are done, naming each failed input and its reason.
@@ -227,15 +233,18 @@ def run(
         for index, path in enumerate(Bar(inputs, desc=desc, unit="file", disable=not progress)):
             record(index, job, path)
     else:
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 
-        if executor is None:
-            pool: Executor = ProcessPoolExecutor(
-                min(workers, len(inputs)), initializer=_start_pool_process, initargs=(os.getpid(),)
-            )
-            task: Callable[..., str] = functools.partial(_interruptible, job)
-        else:
+        stop = threading.Event()
+        size = min(workers, len(inputs))
+        if executor is not None:
             pool, task = executor, job
+        elif in_threads:
+            pool = ThreadPoolExecutor(size, thread_name_prefix="nidataset-file")
+            task = functools.partial(job, stop=stop)
+        else:
+            pool = ProcessPoolExecutor(size, initializer=_start_pool_process, initargs=(os.getpid(),))
+            task = functools.partial(_interruptible, job)
         futures = {}
         try:
             for index, path in enumerate(inputs):
@@ -245,6 +254,7 @@ def run(
                     record(futures[future], future.result)
                     bar.update()
         except BaseException:
+            stop.set()  # a thread pool's files stop at their next slab
             for future in futures:
                 future.cancel()
             raise

@@ -8,8 +8,9 @@ prefix: ``s3://bucket/scans/`` holds the objects whose keys start with ``scans/`
 Dask task carries it to workers that share no file system, and opens things:
 
 - :meth:`Storage.open_input`: a file to read, local or remote; a remote one is read by ranged requests
-  of a block at a time (small for headers, larger when streaming the voxels); an S3 object's voxels by
-  one request whose body is read as it arrives (a request per block would wait for each);
+  of a block at a time (small for headers, larger when streaming the voxels); an S3 object streamed
+  (its header, then its voxels) by one request whose body is read as it arrives (a request per block
+  would wait for each);
 - :meth:`Storage.upload`: a file to write, which appears under its final name only when complete. Local
   files are written to a hidden temporary file and renamed (:mod:`nidataset._atomic`). Object stores
   (S3, GCS, Azure) publish an upload under its key only when it is committed: a multipart upload,
@@ -542,19 +543,21 @@ async def _opening(fs: Any, key: str, block: int) -> tuple[int, bytes, bytes]:
 class _S3Body(io.RawIOBase):
     """An S3 object read by one GET, its body taken as it arrives, a chunk ahead of its reader.
 
-    The next chunk (:data:`_AHEAD` bytes) is fetched by the store client's own event loop (fsspec's I/O
-    thread) while the caller works on the one before: waiting for the network overlaps the computation,
-    and at most two chunks are held. A seek elsewhere, and a read that fails mid-way (once), ask for the
-    rest from there (``Range: bytes=<position>-`` of the same version: ``If-Match`` its ETag).
+    The first chunk taken (:data:`HEADER_BLOCK` bytes) is kept, so that a header can be read, checked and
+    read again before the voxels stream on, all from that one GET. The next chunks (:data:`_AHEAD` bytes)
+    are fetched by the store client's own event loop (fsspec's I/O thread) while the caller works on the
+    one before: waiting for the network overlaps the computation, and at most two are held. A read
+    elsewhere, and a read that fails mid-way (once), ask for the rest from there (``Range:
+    bytes=<position>-`` of the same version: ``If-Match`` its ETag).
     """
 
     def __init__(self, fs: Any, key: str, url: str):
         self.fs, self.url = fs, url
         bucket, name, version = fs.split_path(key)
         self.request = {"Bucket": bucket, "Key": name, **({"VersionId": version} if version else {})}
-        self.position = 0  # bytes handed to the caller
-        self.fetched = 0  # bytes taken from the body
-        self.chunk = memoryview(b"")  # taken, not yet handed
+        self.position = 0  # where the caller reads
+        self.fetched = 0  # bytes taken from the body: where it goes on
+        self.first = self.last = (0, b"")  # (start, bytes): the first chunk (kept), the one taken last
         self.pending: concurrent.futures.Future[bytes] | None = None
         self.body: Any = None
         self.etag: str | None = None
@@ -562,29 +565,30 @@ class _S3Body(io.RawIOBase):
         self._get(0)
 
     def _get(self, start: int) -> None:
-        """Ask for the object from byte `start`, and for its first chunk."""
+        """Ask for the object from byte `start` (of the version read so far), and for its first chunk."""
         more: dict[str, str] = {"Range": f"bytes={start}-"} if start else {}
         if self.etag:  # the same version as the bytes already read
             more["IfMatch"] = self.etag
         with _failures(self.url, "reading"):
             response = self.fs.call_s3("get_object", **self.request, **more)
-        self.body, self.etag = response["Body"], response.get("ETag")
+        self.body, self.etag, self.fetched = response["Body"], response.get("ETag"), start
         if self.size < 0:
             self.size = int(response["ContentLength"])
-        self.fetched = start
         self._ask()
 
     def _ask(self) -> None:
         self.pending = None
         if self.fetched < self.size:
-            chunk = _gather(self.body, min(_AHEAD, self.size - self.fetched))
+            ahead = HEADER_BLOCK if self.fetched == 0 else _AHEAD  # the first chunk, kept, holds a header
+            chunk = _gather(self.body, min(ahead, self.size - self.fetched))
             self.pending = asyncio.run_coroutine_threadsafe(chunk, self.fs.loop)
 
-    def _take(self) -> bytes:
-        """Return the chunk asked for (waiting for it), and ask for the next; once more after a failure."""
+    def _take(self) -> None:
+        """Take the chunk at the reading position, waiting for it; ask for the next (once more on failure)."""
         for attempt in (1, 2):
             try:
-                if self.pending is None:
+                if self.pending is None or self.fetched != self.position:
+                    self._drop()
                     self._get(self.position)
                 assert self.pending is not None
                 with _failures(self.url, "reading"):
@@ -595,9 +599,12 @@ class _S3Body(io.RawIOBase):
                         f"the store ended it at byte {self.fetched:,} of {self.size:,}",
                         self.url,
                     )
+                self.last = (self.fetched, data)
+                if not self.fetched:
+                    self.first = self.last
                 self.fetched += len(data)
                 self._ask()
-                return data
+                return
             except OSError as err:
                 if attempt == 2:
                     raise
@@ -612,35 +619,35 @@ class _S3Body(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         if self.position >= self.size or not len(view):
             return 0
-        if not len(self.chunk):
-            self.chunk = memoryview(self._take())
-        count = min(len(view), len(self.chunk))
-        view[:count] = self.chunk[:count]
-        self.chunk = self.chunk[count:]
-        self.position += count
-        return count
+        for start, data in (self.last, self.first):
+            if start <= self.position < start + len(data):
+                break
+        else:
+            self._take()
+            start, data = self.last
+        piece = memoryview(data)[self.position - start : self.position - start + len(view)]
+        view[: len(piece)] = piece
+        self.position += len(piece)
+        if self.position >= self.size:  # read to its end: hold no more than the first chunk
+            self.last = (0, b"")
+            self._drop()
+        return len(piece)
 
     def seekable(self) -> bool:
         return True
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        target = _seek_target(offset, whence, self.position, self.size)
-        if target != self.position:
-            self._drop()
-            self.position = target
-            if target < self.size:
-                self._get(target)
-        return self.position
+        self.position = _seek_target(offset, whence, self.position, self.size)
+        return self.position  # what is held serves it; otherwise the next read asks from there
 
     def tell(self) -> int:
         return self.position
 
     def _drop(self) -> None:
-        """Forget the body: the chunk asked for, what is held, the connection."""
+        """Forget the body: the chunk asked for, the connection."""
         if self.pending is not None:
             self.pending.cancel()
             self.pending = None
-        self.chunk = memoryview(b"")
         if self.body is not None:
             from fsspec.asyn import sync
 

@@ -100,7 +100,13 @@ def _get_parser() -> argparse.ArgumentParser:
     resample.add_argument(
         "--mode", choices=SAVING_MODES, help="a folder per volume, or all in OUTPUT (see below)"
     )
-    resample.add_argument("--workers", type=_positive_int, default=1, metavar="N", help="local processes (1)")
+    resample.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="files at once: local processes, threads for URLs (1)",
+    )
     resample.add_argument(
         "--threads",
         type=_positive_int,

@@ -136,7 +136,8 @@ def resampling(
     complete, so a failed or interrupted call never leaves a partial ``.nii.gz``. In a bucket (S3, GCS,
     Azure) it is uploaded as it is compressed, by a multipart upload that is committed only once
     complete: a failed or killed call leaves no object (other stores: a hidden temporary key, then moved).
-    An input URL is read by ranged requests, a few MiB at a time, as the volume streams through.
+    An S3 input is read by one request, its header and then its voxels as they stream through (other
+    stores: ranged requests of a few MiB).
 
     *Memory.* The volume streams from the input file to the output file a slab of slices at a time;
     what is held whole is the smaller of the input and the output, in its stored type (a float volume
@@ -234,7 +235,8 @@ def resampling_dataset(
     interpolation, antialias, align, preview : optional
         As for :func:`resampling`.
     workers : int, optional
-        Number of local processes resampling files at once (each uses one core).
+        Number of files resampled at once, each on one core: by local processes, or by threads of this
+        process when the inputs or the outputs are URLs (they then share one client of the store).
     executor : concurrent.futures.Executor, optional
         Run the files on this executor instead, e.g. a ``ProcessPoolExecutor`` or a Dask cluster's
         ``distributed.Client(address).get_executor()`` (``pip install distributed``); its workers
@@ -327,12 +329,19 @@ def resampling_dataset(
     side_by_side = workers > 1 or executor is not None
     threads = _options.resolve_threads(threads) if threads is not None or not side_by_side else 1
     storage = Storage.of(storage_options)
-    inputs = _runner.list_inputs(_path("nii_folder", nii_folder), _nifti.SUFFIX, storage)
+    source = _path("nii_folder", nii_folder)
+    inputs = _runner.list_inputs(source, _nifti.SUFFIX, storage)
     folder = _check_output_folder(output_path, storage)
     job = _runner.DatasetJob(folder, saving_mode, shape, options, threads, skip_existing, storage=storage)
     inputs = _runner.without_outputs(job, inputs)
     _runner.remove_stale_temporaries(job, inputs)
-    outputs = _runner.run(inputs, job, workers=workers, executor=executor, progress=progress)
+    # Files in a bucket wait on the store as much as on the cores: threads of this process run them,
+    # sharing its client of the store, which each process of a pool would make afresh (a third of a
+    # CPU-second: botocore reads its service descriptions).
+    in_threads = is_url(source) or is_url(folder)
+    outputs = _runner.run(
+        inputs, job, workers=workers, executor=executor, in_threads=in_threads, progress=progress
+    )
     if debug:
         print(f"Resampling completed for all files in '{os.fspath(nii_folder)}'")
     return outputs
