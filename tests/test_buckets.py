@@ -178,6 +178,39 @@ def test_workers_on_urls_are_threads_of_this_process(server, bucket, scans, monk
     assert len(running) == len(paths) and all(name.startswith("nidataset-file") for name in running)
 
 
+def test_an_s3_client_has_two_connections_per_file_at_once():
+    # A file holds its input's connection while its output's parts need one: threads sharing a client
+    # would wait for each other forever once they held them all (botocore's default is 10).
+    def connections(storage, url="s3://b/x.nii.gz"):
+        return storage.filesystem(url)[0].config_kwargs["max_pool_connections"]
+
+    options = {"key": "k", "secret": "s", "endpoint_url": "http://127.0.0.1:1"}
+    assert connections(_storage.Storage.of(options)) == _storage.CONNECTIONS >= 4
+    assert connections(_storage.Storage.of(options, files=40)) == 82
+    assert connections(_storage.Storage.of(None, files=40)) == 82
+    mine = {**options, "config_kwargs": {"max_pool_connections": 5, "retries": {"max_attempts": 1}}}
+    assert connections(_storage.Storage.of(mine, files=40)) == 5  # the caller's, as given
+    assert _storage.Storage.of(mine).options == mine  # not changed in place
+
+
+def test_ten_threads_streaming_in_and_out_do_not_wait_for_each_other(server, bucket, tmp_path, rng):
+    # Nearest streams both ways: every output's first part goes up while its input is still open.
+    name, fs = bucket
+    for i in range(10):
+        data = rng.integers(-30000, 30000, (256, 256, 64)).astype(np.int16)  # 8 MB, incompressible
+        fs.put(write_nifti(tmp_path / f"s{i}.nii.gz", data), f"{name}/in/s{i}.nii.gz")
+    outputs = resampling_dataset(
+        f"s3://{name}/in/",
+        f"s3://{name}/out/",
+        (256, 256, 192),
+        interpolation="nearest",
+        workers=10,
+        progress=False,
+        storage_options=server.options(),
+    )
+    assert len(outputs) == 10 and all(fs.info(url)["size"] > 5 << 20 for url in outputs)  # several parts
+
+
 def test_one_object_with_its_preview_and_every_url_form(server, bucket, volume, tmp_path):
     pytest.importorskip("matplotlib")
     name, fs = bucket
@@ -399,12 +432,13 @@ def test_a_body_serves_its_first_chunk_again_without_asking(server, bucket, capl
         assert gets() == 2
 
 
-def test_an_object_shorter_than_its_header_says_fails_as_it_streams(server, bucket, tmp_path, rng):
+def test_an_object_shorter_than_its_header_says_fails_as_it_streams(server, bucket, tmp_path, rng, caplog):
     # Its gzip trailer is not asked for (a second request): the stream ends early, naming the URL.
     name, fs = bucket
     data = rng.integers(-30000, 30000, (64, 64, 48)).astype(np.int16)
     whole = read(write_nifti(tmp_path / "whole.nii.gz", data))
     fs.pipe(f"{name}/in/short.nii.gz", whole[: len(whole) * 2 // 3])
+    caplog.set_level(logging.INFO, logger="werkzeug")
     with pytest.raises(InvalidVolumeError, match=f"s3://{name}/in/short.nii.gz"):
         resampling(
             f"s3://{name}/in/short.nii.gz",
@@ -414,6 +448,8 @@ def test_an_object_shorter_than_its_header_says_fails_as_it_streams(server, buck
         )
     assert not fs.find(f"{name}/out")
     assert not unfinished_uploads(fs, name)
+    asked = [method for method, where in requests_logged(caplog) if where == f"/{name}/in/short.nii.gz"]
+    assert asked == ["HEAD", "GET"]  # resampling() checks it is there; then one GET, read to its end
     # A header that claims more than the object could hold is still refused before any voxel is read.
     zeros = read(write_nifti(tmp_path / "zeros.nii.gz", np.zeros((256, 256, 200), np.int16)))  # 26 MB
     fs.pipe(f"{name}/in/tiny.nii.gz", zeros[:4096])

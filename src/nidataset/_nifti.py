@@ -163,7 +163,9 @@ def open_volume(path: str, storage: Storage = LOCAL) -> Source:
     header fails with its reason in plain words and without allocating what it describes: the number of
     dimensions and their sizes, the data type, where the voxels start, the scaling, the voxel sizes and
     orientation, the header extensions, and whether the file holds as many voxels as its header claims.
-    Only the header is read (a URL's by small ranged requests); the file is closed on return.
+    Only the header is read (a URL's by small ranged requests), unless the gzip trailer leaves the size
+    unsettled (several gzip members, trailing bytes: then the file is read through); the file is closed
+    on return.
 
     Raises
     ------
@@ -251,14 +253,20 @@ def output_header(source: Source, shape: Sequence[int], align: str = "origin") -
         raise _invalid(source.path, reason) from err
 
 
-def read_stored(source: Source) -> np.ndarray:
+def read_stored(source: Source, between: Callable[[], None] | None = None) -> np.ndarray:
     """All voxels of `source` as stored: a new C-ordered ``Z, Y, X`` array (the volume's transpose).
+
+    `between` is called after each few MiB read (it may raise, to stop the read).
 
     Raises as :func:`read_slabs` does.
     """
     data = np.empty(source.stored_shape, dtype=source.dtype)
+    rows = max(1, (4 << 20) // max(1, data[0].nbytes))  # slices per piece: about 4 MiB
     with _voxels(source) as fill:
-        fill(data)
+        for start in range(0, len(data), rows):
+            fill(data[start : start + rows])
+            if between is not None:
+                between()
     return data
 
 

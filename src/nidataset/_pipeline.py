@@ -95,8 +95,9 @@ def resample_file(
     storage : Storage
         Opens URLs (endpoint, credentials); local paths need nothing of it.
     stop : threading.Event, optional
-        Once set, the call stops at its next slab by raising KeyboardInterrupt, as an interrupt would,
-        leaving no output: how a thread pool's files are interrupted (only the main thread takes Ctrl-C).
+        Once set, the call stops at its next slab (or the next few MiB of a volume read whole) by raising
+        KeyboardInterrupt, as an interrupt would, leaving no output: how a thread pool's files are
+        interrupted (only the main thread takes Ctrl-C). A request to the store under way ends first.
 
     Returns
     -------
@@ -144,7 +145,11 @@ def resample_file(
 def _kept(
     path: str, target: str, picture: str, shape: tuple[int, int, int], options: Options, storage: Storage
 ) -> bool:
-    """Whether the existing output `target` is kept (drawing its missing preview), by headers alone."""
+    """Whether the existing output `target` is kept (drawing its missing preview), by headers alone.
+
+    The output is looked for first: where there is none, the input is opened once, for the run. So an
+    output store that refuses to answer is reported before a broken input.
+    """
     if not storage.is_file(target):
         return False
     source = _nifti.open_volume(path, storage)
@@ -274,7 +279,7 @@ class _Run:
             del held
             if self.taps is not None:  # the slabs seen so far are seen again
                 self.taps.original = _nifti.MidPlanes(self.source.header)
-            self._nonfinite(_nifti.read_stored(self.source), tapped=False)
+            self._nonfinite(_nifti.read_stored(self.source, self._go_on), tapped=False)
             return
         np.clip(held, engine.low, engine.high, out=held)
         with self._writer(busy=0) as writer:
@@ -283,7 +288,7 @@ class _Run:
 
     def _hold_input(self) -> None:
         """Read the (smaller) input whole, then stream the output to the compressor."""
-        data = _nifti.read_stored(self.source)
+        data = _nifti.read_stored(self.source, self._go_on)
         for block in slabs_of(data, self.slab_values):
             self._seen(block)
         low, high = data.min(), data.max()

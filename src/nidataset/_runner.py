@@ -1,7 +1,7 @@
 """Dataset runs: find the inputs of a folder, resample each into its place, report every failure at the end.
 
 Files run one after the other, on a local pool (of processes; of threads for files in a bucket, which
-then share one client of the store), or on any ``concurrent.futures.Executor`` (such as a Dask
+then share the store's client), or on any ``concurrent.futures.Executor`` (such as a Dask
 cluster's). The unit of work is a :class:`DatasetJob`: small, immutable and picklable, it
 carries everything a file needs, the threads it may use included, so that it runs the same in this
 process, a pool's process or a Dask task. This module also knows the layout of the outputs (a folder
@@ -259,7 +259,9 @@ def run(
                 future.cancel()
             raise
         finally:
-            if executor is None:
+            if in_threads and executor is None:
+                _shut_down_threads(pool)
+            elif executor is None:
                 with _uninterrupted():
                     pool.shutdown(wait=True, cancel_futures=True)
     if failures:
@@ -286,6 +288,19 @@ def _uninterrupted() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
+def _shut_down_threads(pool: Executor) -> None:
+    """Wait for a thread pool's files to end (asked to stop, they do at their next slab).
+
+    A file waiting on its store ends only once its request does (the client's timeouts bound it): a
+    Ctrl-C meanwhile stops the wait, and the threads end on their own.
+    """
+    try:
+        pool.shutdown(wait=True, cancel_futures=True)
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
 
 
 def _start_pool_process(parent: int) -> None:

@@ -56,6 +56,10 @@ STREAM_BLOCK = 1 << 21
 _AHEAD = 1 << 20
 #: Bytes per uploaded part: S3's smallest (every part but the last must hold at least 5 MiB).
 _UPLOAD_BLOCK = 5 << 20
+#: Connections of an S3 client, unless the storage options say (botocore's default is 10). A file being
+#: resampled holds one for its input while its output's parts need another: files sharing a client
+#: (threads) would wait for each other forever once they hold every connection.
+CONNECTIONS = 64
 
 
 def is_url(path: str) -> bool:
@@ -119,6 +123,8 @@ class Storage:
     """
 
     options: Mapping[str, Any] = field(default_factory=dict, hash=False, repr=False)
+    #: Connections of an S3 client when the options do not set ``config_kwargs["max_pool_connections"]``.
+    connections: int = CONNECTIONS
 
     def __repr__(
         self,
@@ -126,19 +132,23 @@ class Storage:
         return f"Storage(options with keys {sorted(self.options)})"
 
     @classmethod
-    def of(cls, options: Mapping[str, Any] | None) -> Storage:
-        """Check the ``storage_options`` of a call and return its Storage.
+    def of(cls, options: Mapping[str, Any] | None, files: int = 1) -> Storage:
+        """Check the ``storage_options`` of a call and return its Storage, for `files` at once.
+
+        Files run at once in this process share its store clients: an S3 client gets at least two
+        connections per file (an input held open, an output's part), :data:`CONNECTIONS` by default.
 
         Raises
         ------
         TypeError
             If `options` is not a mapping with string keys.
         """
+        connections = max(CONNECTIONS, 2 * files + 2)
         if options is None:
-            return LOCAL
+            return LOCAL if connections == CONNECTIONS else cls(connections=connections)
         if not isinstance(options, Mapping) or not all(isinstance(key, str) for key in options):
             raise TypeError(f"storage_options must be a dict with str keys, got a {type(options).__name__}")
-        return cls(dict(options))
+        return cls(dict(options), connections)
 
     # --- reading -------------------------------------------------------------------------------------------
 
@@ -380,7 +390,8 @@ class Storage:
     def filesystem(self, url: str) -> tuple[Any, str]:
         """Return the fsspec file system of `url` with this call's options, and the path it knows `url` by.
 
-        fsspec keeps one file system per protocol and options in each process.
+        fsspec keeps one file system per protocol and options in each process (in each thread before
+        fsspec 2026.6). An S3 client gets :attr:`connections` unless the options set their number.
 
         Raises
         ------
@@ -396,8 +407,13 @@ class Storage:
                 f"'{url}' is a URL: reading and writing URLs needs fsspec, which is not installed: "
                 "pip install 'nidataset[cloud]'"
             ) from err
+        options = dict(self.options)
+        if url.split("://", 1)[0].lower() in ("s3", "s3a"):
+            config = dict(options.get("config_kwargs") or {})
+            config.setdefault("max_pool_connections", self.connections)
+            options["config_kwargs"] = config
         try:
-            return url_to_fs(url, **self.options)
+            return url_to_fs(url, **options)
         except ImportError as err:
             raise ImportError(f"cannot open '{url}': {err}") from err
         except (ValueError, TypeError) as err:
@@ -546,7 +562,7 @@ class _S3Body(io.RawIOBase):
     The first chunk taken (:data:`HEADER_BLOCK` bytes) is kept, so that a header can be read, checked and
     read again before the voxels stream on, all from that one GET. The next chunks (:data:`_AHEAD` bytes)
     are fetched by the store client's own event loop (fsspec's I/O thread) while the caller works on the
-    one before: waiting for the network overlaps the computation, and at most two are held. A read
+    one before: waiting for the network overlaps the computation, and at most two more are held. A read
     elsewhere, and a read that fails mid-way (once), ask for the rest from there (``Range:
     bytes=<position>-`` of the same version: ``If-Match`` its ETag).
     """

@@ -137,7 +137,8 @@ def resampling(
     Azure) it is uploaded as it is compressed, by a multipart upload that is committed only once
     complete: a failed or killed call leaves no object (other stores: a hidden temporary key, then moved).
     An S3 input is read by one request, its header and then its voxels as they stream through (other
-    stores: ranged requests of a few MiB).
+    stores: ranged requests of a few MiB); its header alone is read by small ranged requests where an
+    existing output is compared first (`skip_existing`).
 
     *Memory.* The volume streams from the input file to the output file a slab of slices at a time;
     what is held whole is the smaller of the input and the output, in its stored type (a float volume
@@ -236,7 +237,8 @@ def resampling_dataset(
         As for :func:`resampling`.
     workers : int, optional
         Number of files resampled at once, each on one core: by local processes, or by threads of this
-        process when the inputs or the outputs are URLs (they then share one client of the store).
+        process when the inputs or the outputs are URLs (they then share the store's client, with
+        fsspec 2026.6 or later; before, fsspec makes one per thread).
     executor : concurrent.futures.Executor, optional
         Run the files on this executor instead, e.g. a ``ProcessPoolExecutor`` or a Dask cluster's
         ``distributed.Client(address).get_executor()`` (``pip install distributed``); its workers
@@ -328,7 +330,7 @@ def resampling_dataset(
             raise ValueError("give workers or executor, not both")
     side_by_side = workers > 1 or executor is not None
     threads = _options.resolve_threads(threads) if threads is not None or not side_by_side else 1
-    storage = Storage.of(storage_options)
+    storage = Storage.of(storage_options, files=workers)
     source = _path("nii_folder", nii_folder)
     inputs = _runner.list_inputs(source, _nifti.SUFFIX, storage)
     folder = _check_output_folder(output_path, storage)
@@ -336,8 +338,8 @@ def resampling_dataset(
     inputs = _runner.without_outputs(job, inputs)
     _runner.remove_stale_temporaries(job, inputs)
     # Files in a bucket wait on the store as much as on the cores: threads of this process run them,
-    # sharing its client of the store, which each process of a pool would make afresh (a third of a
-    # CPU-second: botocore reads its service descriptions).
+    # sharing its client of the store (fsspec >= 2026.6), which each process of a pool would make
+    # afresh (a third of a CPU-second: botocore reads its service descriptions).
     in_threads = is_url(source) or is_url(folder)
     outputs = _runner.run(
         inputs, job, workers=workers, executor=executor, in_threads=in_threads, progress=progress
