@@ -193,6 +193,28 @@ def test_an_s3_client_has_two_connections_per_file_at_once():
     assert _storage.Storage.of(mine).options == mine  # not changed in place
 
 
+def test_a_download_is_checked_by_the_gzip_crc(server, bucket, volume, tmp_path):
+    # The S3 client computes no checksum of a download (it would check it only on a read past the end,
+    # which a stream of known length never makes): gzip's CRC-32 of the voxels covers every byte.
+    name, fs = bucket
+    path, _ = volume
+    corrupt = bytearray(read(path))
+    corrupt[-8] ^= 0xFF  # the CRC-32 in the gzip trailer
+    fs.pipe(f"{name}/in/bad.nii.gz", bytes(corrupt))
+    with pytest.raises(InvalidVolumeError, match=f"s3://{name}/in/bad.nii.gz.*CRC check failed"):
+        resampling(
+            f"s3://{name}/in/bad.nii.gz", f"s3://{name}/out/", (9, 9, 9), storage_options=server.options()
+        )
+    assert not fs.find(f"{name}/out")
+    storage = _storage.Storage.of(server.options())
+    config = storage.filesystem(f"s3://{name}/in/bad.nii.gz")[0].config_kwargs
+    if _storage._botocore_knows("response_checksum_validation"):
+        assert config["response_checksum_validation"] == "when_required"
+    mine = {**server.options(), "config_kwargs": {"response_checksum_validation": "when_supported"}}
+    config = _storage.Storage.of(mine).filesystem(f"s3://{name}/x")[0].config_kwargs
+    assert config["response_checksum_validation"] == "when_supported"  # the caller's, as given
+
+
 def test_ten_threads_streaming_in_and_out_do_not_wait_for_each_other(server, bucket, tmp_path, rng):
     # Nearest streams both ways: every output's first part goes up while its input is still open.
     name, fs = bucket

@@ -391,7 +391,8 @@ class Storage:
         """Return the fsspec file system of `url` with this call's options, and the path it knows `url` by.
 
         fsspec keeps one file system per protocol and options in each process (in each thread before
-        fsspec 2026.6). An S3 client gets :attr:`connections` unless the options set their number.
+        fsspec 2026.6). An S3 client gets :attr:`connections` unless the options set their number, and
+        computes no checksum of what it downloads unless they ask for one (see the comment below).
 
         Raises
         ------
@@ -411,6 +412,11 @@ class Storage:
         if url.split("://", 1)[0].lower() in ("s3", "s3a"):
             config = dict(options.get("config_kwargs") or {})
             config.setdefault("max_pool_connections", self.connections)
+            if _botocore_knows("response_checksum_validation"):
+                # botocore's CRC of a whole object's body (5-8 ms per 12 MB) is checked only by a read
+                # past its end, which a stream of known length never makes; the gzip stream's own
+                # CRC-32, checked as the voxels are read, covers every byte (a test corrupts one).
+                config.setdefault("response_checksum_validation", "when_required")
             options["config_kwargs"] = config
         try:
             return url_to_fs(url, **options)
@@ -423,6 +429,15 @@ class Storage:
 
 #: The storage of calls that give no ``storage_options``.
 LOCAL = Storage()
+
+
+def _botocore_knows(option: str) -> bool:
+    """Whether botocore's ``Config`` takes `option` (newer releases add options; older ones refuse them)."""
+    try:
+        from botocore.config import Config
+    except ImportError:  # pragma: no cover  # s3fs needs botocore
+        return False
+    return option in getattr(Config, "OPTION_DEFAULTS", {})
 
 
 def _protocol(fs: Any) -> str:
