@@ -495,22 +495,19 @@ class _RemoteReader(io.RawIOBase):
         super().close()
 
 
-class _Ranges(io.RawIOBase):
-    """A remote file of an asynchronous fsspec file system (S3, GCS, Azure, HTTP) read by ranged requests.
+class _Pieces(io.RawIOBase):
+    """A remote file of `size` bytes read from pieces held in memory, fetched as reads need them."""
 
-    Opening it asks at once for its size, its first `block` bytes and its last 4 (a header and a gzip
-    trailer: one round trip, not three); other reads ask for at least `block` bytes from where they
-    start, and the last answer is kept.
-    """
+    position = 0
+    size = 0
 
-    def __init__(self, fs: Any, key: str, url: str, block: int):
-        from fsspec.asyn import sync
+    def _held(self) -> Sequence[tuple[int, bytes]]:
+        """Return the pieces held, as ``(start, bytes)``."""
+        raise NotImplementedError
 
-        self.fs, self.key, self.url, self.block = fs, key, url, block
-        self.position = 0
-        with _failures(url, "reading"):
-            self.size, head, tail = sync(fs.loop, _opening, fs, key, block)
-        self.held = [(0, head), (self.size - len(tail), tail)]
+    def _fetch(self, count: int) -> tuple[int, bytes]:
+        """Fetch and hold the piece at :attr:`position` (`count` bytes are asked for); return it."""
+        raise NotImplementedError
 
     def readable(self) -> bool:
         return True
@@ -522,37 +519,55 @@ class _Ranges(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         if self.position >= self.size or not len(view):
             return 0
-        for start, data in self.held:
+        for start, data in self._held():
             if start <= self.position < start + len(data):
                 break
         else:
-            start, end = self.position, min(self.size, self.position + max(len(view), self.block))
-            with _failures(self.url, "reading"):
-                data = self.fs.cat_file(self.key, start=start, end=end)
-            if not data:
-                ended = f"the store ended it at byte {start:,} of {self.size:,}"
-                raise ConnectionError(errno.ECONNRESET, ended, self.url)
-            self.held[2:] = [(start, data)]
-        piece = data[self.position - start : self.position - start + len(view)]
+            start, data = self._fetch(len(view))
+        piece = memoryview(data)[self.position - start : self.position - start + len(view)]
         view[: len(piece)] = piece
         self.position += len(piece)
         return len(piece)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        target = _seek_target(offset, whence, self.position, self.size)
+        target = offset + (0, self.position, self.size)[whence]
+        if target < 0:
+            raise ValueError(f"negative seek position {target}")
         self.position = target
-        return self.position
+        return target  # what is held serves it; otherwise the next read fetches from there
 
     def tell(self) -> int:
         return self.position
 
 
-def _seek_target(offset: int, whence: int, position: int, size: int) -> int:
-    """Return the position ``seek(offset, whence)`` asks for, in a file at `position` of `size` bytes."""
-    target = offset + (0, position, size)[whence]
-    if target < 0:
-        raise ValueError(f"negative seek position {target}")
-    return target
+class _Ranges(_Pieces):
+    """A remote file of an asynchronous fsspec file system (S3, GCS, Azure, HTTP) read by ranged requests.
+
+    Opening it asks at once for its size, its first `block` bytes and its last 4 (a header and a gzip
+    trailer: one round trip, not three); other reads ask for at least `block` bytes from where they
+    start, and the last answer is kept.
+    """
+
+    def __init__(self, fs: Any, key: str, url: str, block: int):
+        from fsspec.asyn import sync
+
+        self.fs, self.key, self.url, self.block = fs, key, url, block
+        with _failures(url, "reading"):
+            self.size, head, tail = sync(fs.loop, _opening, fs, key, block)
+        self.held = [(0, head), (self.size - len(tail), tail)]
+
+    def _held(self) -> Sequence[tuple[int, bytes]]:
+        return self.held
+
+    def _fetch(self, count: int) -> tuple[int, bytes]:
+        start, end = self.position, min(self.size, self.position + max(count, self.block))
+        with _failures(self.url, "reading"):
+            data = self.fs.cat_file(self.key, start=start, end=end)
+        if not data:
+            ended = f"the store ended it at byte {start:,} of {self.size:,}"
+            raise ConnectionError(errno.ECONNRESET, ended, self.url)
+        self.held[2:] = [(start, data)]
+        return start, data
 
 
 async def _opening(fs: Any, key: str, block: int) -> tuple[int, bytes, bytes]:
@@ -571,7 +586,7 @@ async def _opening(fs: Any, key: str, block: int) -> tuple[int, bytes, bytes]:
     return size, head, tail
 
 
-class _S3Body(io.RawIOBase):
+class _S3Body(_Pieces):
     """An S3 object read by one GET, its body taken as it arrives, a chunk ahead of its reader.
 
     The first chunk taken (:data:`HEADER_BLOCK` bytes) is kept, so that a header can be read, checked and
@@ -643,36 +658,19 @@ class _S3Body(io.RawIOBase):
                 self._drop()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def readable(self) -> bool:
-        return True
+    def _held(self) -> Sequence[tuple[int, bytes]]:
+        return self.last, self.first
+
+    def _fetch(self, count: int) -> tuple[int, bytes]:
+        self._take()
+        return self.last
 
     def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        if self.position >= self.size or not len(view):
-            return 0
-        for start, data in (self.last, self.first):
-            if start <= self.position < start + len(data):
-                break
-        else:
-            self._take()
-            start, data = self.last
-        piece = memoryview(data)[self.position - start : self.position - start + len(view)]
-        view[: len(piece)] = piece
-        self.position += len(piece)
+        count = super().readinto(buffer)
         if self.position >= self.size:  # read to its end: hold no more than the first chunk
             self.last = (0, b"")
             self._drop()
-        return len(piece)
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self.position = _seek_target(offset, whence, self.position, self.size)
-        return self.position  # what is held serves it; otherwise the next read asks from there
-
-    def tell(self) -> int:
-        return self.position
+        return count
 
     def _drop(self) -> None:
         """Forget the body: the chunk asked for, the connection."""
