@@ -4,6 +4,7 @@ The server runs in this process, on a port the OS chooses, and is stopped at the
 bucket of its own. Local runs of the same files are the oracle: bucket outputs are compared byte for byte.
 """
 
+import contextlib
 import gzip
 import logging
 import os
@@ -12,10 +13,12 @@ import re
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 
 import numpy as np
 import pytest
@@ -452,6 +455,218 @@ def test_a_body_serves_its_first_chunk_again_without_asking(server, bucket, capl
         assert raw.read(100) == data[_storage._AHEAD + 5 :][:100]
         assert raw.read() == data[_storage._AHEAD + 105 :]  # on the same answer
         assert gets() == 2
+
+
+class Relay:
+    """A TCP relay to the server that records each request's head and can cut answers short.
+
+    The answer on the k-th connection is cut after ``cuts[k]`` bytes (headers included), if given. With
+    `tls` (a server-side SSL context), the relay is an HTTPS endpoint in front of the plain HTTP server.
+    """
+
+    def __init__(self, endpoint, cuts=(), tls=None):
+        self.target = endpoint.rsplit(":", 1)
+        self.cuts, self.tls = list(cuts), tls
+        self.heads = []
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        scheme = "https" if tls else "http"
+        self.endpoint = f"{scheme}://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            limit = self.cuts[self.connections - 1] if self.connections <= len(self.cuts) else None
+            threading.Thread(target=self._serve, args=(client, limit), daemon=True).start()
+
+    def _serve(self, client, limit):
+        try:
+            if self.tls:
+                client = self.tls.wrap_socket(client, server_side=True)
+            head = client.recv(65536)
+        except OSError:  # a refused handshake
+            client.close()
+            return
+        self.heads.append(head.decode("latin-1"))
+        upstream = socket.create_connection((self.target[0][len("http://") :], int(self.target[1])))
+        upstream.sendall(head)
+        threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+        self._pump(upstream, client, limit)
+
+    @staticmethod
+    def _pump(source, sink, limit=None):
+        sent = 0
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if limit is not None and sent + len(data) > limit:
+                    sink.sendall(data[: limit - sent])
+                    break
+                sink.sendall(data)
+                sent += len(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def close(self):
+        self.listener.close()
+
+
+@pytest.fixture
+def relay(server):
+    made = []
+
+    def make(**kwargs):
+        made.append(Relay(server.endpoint, **kwargs))
+        return made[-1]
+
+    yield make
+    for one in made:
+        one.close()
+
+
+def reader_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("nidataset-read")]
+
+
+def test_an_s3_body_comes_by_a_presigned_get_read_ahead_in_a_thread_of_its_own(server, bucket, relay):
+    name, fs = bucket
+    data = os.urandom(3 * _storage._AHEAD + 123)
+    fs.pipe(f"{name}/blob.nii.gz", data)
+    through = relay()
+    storage = _storage.Storage.of(server.options(endpoint_url=through.endpoint))
+    with storage.open_input(f"s3://{name}/blob.nii.gz") as raw:
+        assert raw.read(100) == data[:100]
+        assert len(reader_threads()) == 1  # the next chunk is on its way
+        assert raw.read() == data[100:]
+    assert not reader_threads()
+    [head] = through.heads
+    assert re.match(rf"GET /{name}/blob.nii.gz\?\S*(Signature|X-Amz-Credential)=", head), head
+    assert "Authorization:" not in head  # signed in its URL, by the S3 client
+    fs.pipe(f"{name}/empty.nii.gz", b"")
+    with storage.open_input(f"s3://{name}/empty.nii.gz") as raw:
+        assert raw.read() == b""
+
+
+def test_an_s3_body_cut_mid_way_is_asked_again_from_there_once(server, bucket, relay):
+    name, fs = bucket
+    data = os.urandom(3 * _storage._AHEAD + 123)
+    fs.pipe(f"{name}/blob.nii.gz", data)
+    url = f"s3://{name}/blob.nii.gz"
+    once = relay(cuts=[_storage._AHEAD + 5000])  # headers, the first MiB and some
+    with _storage.Storage.of(server.options(endpoint_url=once.endpoint)).open_input(url) as raw:
+        assert raw.read() == data
+    first, second = once.heads
+    etag = fs.info(f"{name}/blob.nii.gz")["ETag"]
+    assert "Range:" not in first
+    start = int(re.search(r"Range: bytes=(\d+)-\r\n", second).group(1))  # after what came
+    assert _storage.HEADER_BLOCK < start < _storage._AHEAD + 5000, second
+    assert f"If-Match: {etag}" in second, second
+    twice = relay(cuts=[_storage._AHEAD + 5000, 0, 0])  # and again at once: the read fails, naming it
+    with _storage.Storage.of(server.options(endpoint_url=twice.endpoint)).open_input(url) as raw:
+        with pytest.raises(ConnectionError, match="cannot reach the store, or it stopped answering") as info:
+            raw.read()
+    assert info.value.filename == url
+    assert len(twice.heads) == 2
+    for secret in ("Signature", "X-Amz", "AWSAccessKeyId", "Expires"):  # the signed URL is not shown
+        assert secret not in str(info.value)
+    assert not reader_threads()
+
+
+def test_an_s3_body_the_plain_get_cannot_serve_is_read_by_the_client(server, bucket, relay, monkeypatch):
+    name, fs = bucket
+    data = os.urandom(_storage._AHEAD + 123)
+    fs.pipe(f"{name}/blob.nii.gz", data)
+    url = f"s3://{name}/blob.nii.gz"
+    through = relay()
+    # Requester pays: a parameter only the client sends (so would be SSE-C keys): not over plain HTTP.
+    with _storage.Storage.of(server.options(endpoint_url=through.endpoint, requester_pays=True)).open_input(
+        url
+    ) as raw:
+        assert raw.read() == data
+    [head] = through.heads
+    assert head.startswith(f"GET /{name}/blob.nii.gz HTTP/1.1"), head
+    assert "x-amz-request-payer: requester" in head.lower()
+    # A missing key: refused over plain HTTP, then asked by the client, whose answer is translated.
+    storage = _storage.Storage.of(server.options(endpoint_url=through.endpoint))
+    with pytest.raises(FileNotFoundError, match="no such object") as info:
+        with storage.open_input(f"s3://{name}/missing.nii.gz"):
+            pass
+    assert info.value.filename == f"s3://{name}/missing.nii.gz"
+    asked = [head.split()[1].split("?") for head in through.heads[1:]]
+    assert [(path, bool(query)) for path, *query in asked] == [
+        (f"/{name}/missing.nii.gz", True),
+        (f"/{name}/missing.nii.gz", False),
+    ]
+    # A proxy for plain HTTP to the endpoint: left to the client (which knows how to use it).
+    plain = _storage._PlainHttp.of(storage.filesystem(url)[0], storage.options)
+    target = urllib.parse.urlsplit(f"{through.endpoint}/{name}/blob.nii.gz")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with pytest.raises(_storage._NotPlain, match="proxy"):
+        plain.connect(target)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    plain.connect(target).close()
+
+
+def test_an_https_endpoint_is_read_over_tls_checked_as_the_client_checks(server, bucket, relay, tmp_path):
+    trustme = pytest.importorskip("trustme")
+    name, fs = bucket
+    authority = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    bundle = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    data = os.urandom(_storage._AHEAD + 123)
+    fs.pipe(f"{name}/blob.nii.gz", data)
+    url = f"s3://{name}/blob.nii.gz"
+    through = relay(tls=context)
+    trusted = server.options(endpoint_url=through.endpoint, client_kwargs={"verify": str(bundle)}, **FAST)
+    with _storage.Storage.of(trusted).open_input(url) as raw:
+        assert raw.read() == data
+    [head] = through.heads
+    assert re.match(rf"GET /{name}/blob.nii.gz\?\S*(Signature|X-Amz-Credential)=", head), head  # plain
+    # A certificate the client does not trust: refused over plain HTTPS, then by the client, named.
+    strange = server.options(
+        endpoint_url=through.endpoint, client_kwargs={"verify": certifi_bundle()}, **FAST
+    )
+    with pytest.raises(ConnectionError, match="cannot reach the store") as info:
+        with _storage.Storage.of(strange).open_input(url):
+            pass
+    assert info.value.filename == url
+    assert len(through.heads) == 1  # no request went through an unchecked connection
+
+
+def certifi_bundle():
+    from botocore.httpsession import get_cert_path
+
+    return get_cert_path(True)
+
+
+def test_plain_http_checks_certificates_as_the_client_would(server, bucket, monkeypatch, tmp_path):
+    name, _ = bucket
+    from botocore.httpsession import get_cert_path
+
+    def plain(**options):
+        storage = _storage.Storage.of(server.options(**options))
+        return _storage._PlainHttp.of(storage.filesystem(f"s3://{name}/x")[0], storage.options)
+
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    assert plain().cafile == get_cert_path(True)  # botocore's bundle
+    bundle = tmp_path / "ca.pem"
+    assert plain(client_kwargs={"verify": str(bundle)}).cafile == str(bundle)
+    assert plain(client_kwargs={"verify": False}).cafile is None  # told not to check
+    assert plain(config_kwargs={"proxies": {"http": "http://127.0.0.1:9"}}) is None
+    timed = plain(config_kwargs={"connect_timeout": 3, "read_timeout": 7})
+    assert (timed.connect_timeout, timed.read_timeout) == (3.0, 7.0)
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(bundle))  # botocore's configuration, as its client reads it
+    assert plain(skip_instance_cache=True).cafile == str(bundle)
 
 
 def test_an_object_shorter_than_its_header_says_fails_as_it_streams(server, bucket, tmp_path, rng, caplog):
