@@ -604,7 +604,7 @@ def test_an_s3_body_the_plain_get_cannot_serve_is_read_by_the_client(server, buc
         (f"/{name}/missing.nii.gz", False),
     ]
     # A proxy for plain HTTP to the endpoint: left to the client (which knows how to use it).
-    plain = _storage._PlainHttp.of(storage.filesystem(url)[0], storage.options)
+    plain = _storage._PlainHttp.of(storage.filesystem(url)[0], storage.options, url)
     target = urllib.parse.urlsplit(f"{through.endpoint}/{name}/blob.nii.gz")
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
     monkeypatch.delenv("NO_PROXY", raising=False)
@@ -649,24 +649,94 @@ def certifi_bundle():
     return get_cert_path(True)
 
 
-def test_plain_http_checks_certificates_as_the_client_would(server, bucket, monkeypatch, tmp_path):
+def test_plain_http_checks_certificates_and_times_out_as_the_client_would(
+    server, bucket, monkeypatch, tmp_path
+):
     name, _ = bucket
     from botocore.httpsession import get_cert_path
 
-    def plain(**options):
-        storage = _storage.Storage.of(server.options(**options))
-        return _storage._PlainHttp.of(storage.filesystem(f"s3://{name}/x")[0], storage.options)
+    def plain(**options):  # a client of its own each time: botocore reads its configuration once
+        storage = _storage.Storage.of(server.options(**options, skip_instance_cache=True))
+        fs = storage.filesystem(f"s3://{name}/x")[0]
+        return _storage._PlainHttp.of(fs, storage.options, "s3://x"), fs
 
-    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
-    assert plain().cafile == get_cert_path(True)  # botocore's bundle
-    bundle = tmp_path / "ca.pem"
-    assert plain(client_kwargs={"verify": str(bundle)}).cafile == str(bundle)
-    assert plain(client_kwargs={"verify": False}).cafile is None  # told not to check
-    assert plain(config_kwargs={"proxies": {"http": "http://127.0.0.1:9"}}) is None
-    timed = plain(config_kwargs={"connect_timeout": 3, "read_timeout": 7})
-    assert (timed.connect_timeout, timed.read_timeout) == (3.0, 7.0)
-    monkeypatch.setenv("AWS_CA_BUNDLE", str(bundle))  # botocore's configuration, as its client reads it
-    assert plain(skip_instance_cache=True).cafile == str(bundle)
+    bundles = {name: tmp_path / f"{name}.pem" for name in ("mine", "aws", "requests")}
+    for variable in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE"):
+        monkeypatch.delenv(variable, raising=False)
+    assert plain()[0].cafile == get_cert_path(True)  # botocore's own bundle
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundles["requests"]))  # botocore honours it next
+    assert plain()[0].cafile == str(bundles["requests"])
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(bundles["aws"]))  # before it, its configuration
+    assert plain()[0].cafile == str(bundles["aws"])
+    assert plain(client_kwargs={"verify": str(bundles["mine"])})[0].cafile == str(bundles["mine"])  # first
+    assert plain(client_kwargs={"verify": False})[0].cafile is None  # told not to check
+    assert plain(config_kwargs={"proxies": {"http": "http://127.0.0.1:9"}})[0] is None
+    settings, fs = plain()
+    config = fs.s3.meta.config  # s3fs's defaults, not botocore's
+    assert (settings.connect_timeout, settings.read_timeout) == (config.connect_timeout, config.read_timeout)
+    settings, _ = plain(config_kwargs={"connect_timeout": 3, "read_timeout": 7})
+    assert (settings.connect_timeout, settings.read_timeout) == (3, 7)
+    assert plain(profile="no-such-profile")[0] is None  # the client, asked next, says what is wrong
+
+
+def test_a_body_read_in_small_pieces_is_never_overwritten_by_the_next_chunk(server, bucket):
+    name, fs = bucket
+    data = os.urandom(4 * _storage._AHEAD + 123)
+    fs.pipe(f"{name}/blob.nii.gz", data)
+    read_ = bytearray()
+    with _storage.Storage.of(server.options()).open_input(f"s3://{name}/blob.nii.gz") as raw:
+        assert type(raw).__name__ == "_SignedGet"
+        while piece := raw.read(64 << 10):  # the next chunk arrives while this one is still being read
+            read_ += piece
+            time.sleep(0.002)
+    assert read_ == data
+
+
+class Stall(Relay):
+    """A relay whose answers stop after ``cuts[k]`` bytes, the connection held open (a stalled server)."""
+
+    @staticmethod
+    def _pump(source, sink, limit=None):
+        if limit is None:
+            return Relay._pump(source, sink)
+        with contextlib.suppress(OSError):
+            while limit > 0 and (data := source.recv(limit)):
+                sink.sendall(data)
+                limit -= len(data)
+            while sink.recv(65536):  # until the client goes
+                pass
+        for end in (source, sink):
+            end.close()
+
+
+@pytest.mark.parametrize("stop", ["error", "interrupt"])
+def test_a_body_closed_while_its_next_chunk_stalls_closes_at_once(server, bucket, stop):
+    name, fs = bucket
+    data = os.urandom(3 * _storage._AHEAD)
+    fs.pipe(f"{name}/blob.nii.gz", data)
+    stalled = Stall(server.endpoint, cuts=[_storage.HEADER_BLOCK + 20000])  # its headers, and a bit more
+    slow = server.options(endpoint_url=stalled.endpoint, config_kwargs={"read_timeout": 60})
+    timer = None
+    try:
+        with pytest.raises(RuntimeError if stop == "error" else KeyboardInterrupt):
+            with _storage.Storage.of(slow).open_input(f"s3://{name}/blob.nii.gz") as raw:
+                assert raw.read(100) == data[:100]
+                if stop == "error":
+                    start = time.monotonic()
+                    raise RuntimeError("the caller fails while the next chunk is on its way")
+                raw.seek(_storage.HEADER_BLOCK)
+                main = threading.main_thread().ident  # a real SIGINT, to the thread that waits: wakes it
+                timer = threading.Timer(0.5, signal.pthread_kill, (main, signal.SIGINT))
+                timer.start()
+                start = time.monotonic()
+                raw.read(100)  # waits for the stalled chunk: Ctrl-C
+    finally:
+        stalled.close()
+        if timer is not None:
+            timer.cancel()  # never a SIGINT in another test
+    assert time.monotonic() - start < 10  # not the read timeout (60 s)
+    assert not reader_threads()
+    assert stalled.connections == 1  # the stalled answer was not asked again
 
 
 def test_an_object_shorter_than_its_header_says_fails_as_it_streams(server, bucket, tmp_path, rng, caplog):

@@ -31,6 +31,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
+import functools
 import http.client
 import io
 import logging
@@ -507,11 +508,11 @@ class _Pieces(io.RawIOBase):
     position = 0
     size = 0
 
-    def _held(self) -> Sequence[tuple[int, bytes]]:
-        """Return the pieces held, as ``(start, bytes)``."""
+    def _held(self) -> Sequence[tuple[int, Any]]:
+        """Return the pieces held, as ``(start, bytes)`` (or any buffer)."""
         raise NotImplementedError
 
-    def _fetch(self, count: int) -> tuple[int, bytes]:
+    def _fetch(self, count: int) -> tuple[int, Any]:
         """Fetch and hold the piece at :attr:`position` (`count` bytes are asked for); return it."""
         raise NotImplementedError
 
@@ -522,6 +523,8 @@ class _Pieces(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
         view = memoryview(buffer).cast("B")
         if self.position >= self.size or not len(view):
             return 0
@@ -699,15 +702,14 @@ class _S3Body(_Pieces):
 def _s3_body(fs: Any, key: str, url: str, options: Mapping[str, Any]) -> _Pieces:
     """Open the S3 object `key` of `fs` (at `url`) for one GET: over plain HTTP where that is the same.
 
-    A presigned GET read by :mod:`http.client` in the reader's thread costs a fraction of the CPU of the
-    same body moved through the client's event loop (aiobotocore, aiohttp: 3 ms instead of 12-15 per 12
-    MB, and no thread to wake for each piece), which is most of what a bucket job adds to the same job on
-    disk. It is used where nothing the client was configured with would be lost on the way: no proxy, no
-    client certificate, no extra GET parameter (requester pays, SSE-C keys...). If the plain request fails
-    (an endpoint that only the client can reach, say), or is refused (a missing key...), the client does
-    it again, and says what is wrong.
+    A presigned GET read by :mod:`http.client` in a thread of the reader's costs a fraction of the CPU
+    of the same body moved through the client's event loop (aiobotocore, aiohttp: 6 ms instead of 12-15
+    per 12 MB). It is used where nothing the client was configured with would be left out: no proxy, no
+    client certificate, no extra GET parameter (requester pays, SSE-C keys...). If the plain request
+    cannot be made, fails or is refused (an endpoint only the client can reach, a missing key...), the
+    client asks again, and its error says what is wrong.
     """
-    plain = _PlainHttp.of(fs, options)
+    plain = _PlainHttp.of(fs, options, url)
     if plain is not None:
         try:
             return _SignedGet(fs, key, url, plain)
@@ -722,32 +724,44 @@ class _NotPlain(Exception):
 
 @dataclass(frozen=True)
 class _PlainHttp:
-    """How to reach an S3 endpoint as its client would: its certificates and timeouts (no proxy)."""
+    """How the S3 client reaches its endpoint, for plain HTTP requests: its certificates and timeouts."""
 
-    cafile: str | None  # None: no check of the server's certificate
-    connect_timeout: float
-    read_timeout: float
+    cafile: str | None  # None: no check of the server's certificate (the client's ``verify=False``)
+    connect_timeout: float | None
+    read_timeout: float | None
 
     @classmethod
-    def of(cls, fs: Any, options: Mapping[str, Any]) -> _PlainHttp | None:
-        """Return how `fs`'s S3 client, made with `options`, reaches its endpoint; None if not plainly."""
-        config = dict(options.get("config_kwargs") or {})
-        client_options = dict(options.get("client_kwargs") or {})
-        if config.get("proxies") or config.get("client_cert") or client_options.get("config") is not None:
-            return None
+    def of(cls, fs: Any, options: Mapping[str, Any], url: str) -> _PlainHttp | None:
+        """Return how `fs`'s S3 client, made with `options`, reaches its endpoint; None if not plainly.
+
+        None also when the client cannot be made: it then says why itself.
+        """
         from fsspec.asyn import sync
 
-        client = sync(fs.loop, fs.set_session)  # made once, then returned as it is
-        extra = {**(getattr(fs, "s3_additional_kwargs", None) or {}), **(getattr(fs, "req_kw", None) or {})}
-        if set(extra) & set(client.meta.service_model.operation_model("GetObject").input_shape.members):
-            return None  # requester pays, a customer's key (SSE-C)...: only the client sends them
-        verify = client_options.get("verify")
-        if verify is None:  # as botocore: the client's argument, else its configuration's (AWS_CA_BUNDLE)
-            verify = fs.session.get_config_variable("ca_bundle") or True
-        from botocore.httpsession import get_cert_path
+        try:
+            client = sync(fs.loop, fs.set_session)  # made once, then returned as it is
+            config = client.meta.config
+            if getattr(config, "proxies", None) or getattr(config, "client_cert", None):
+                return None
+            extra = {
+                **(getattr(fs, "s3_additional_kwargs", None) or {}),
+                **(getattr(fs, "req_kw", None) or {}),
+            }
+            if set(extra) & set(client.meta.service_model.operation_model("GetObject").input_shape.members):
+                return None  # requester pays, a customer's key (SSE-C)...: only the client sends them
+            # The client's bundle, as botocore chooses it: its `verify`, else its configuration's
+            # ``ca_bundle`` (AWS_CA_BUNDLE, the profile's), else REQUESTS_CA_BUNDLE, else its own.
+            verify = dict(options.get("client_kwargs") or {}).get("verify")
+            if verify is None:
+                verify = fs.session.get_config_variable("ca_bundle")
+            if verify is None:
+                verify = os.environ.get("REQUESTS_CA_BUNDLE") or True
+            from botocore.httpsession import get_cert_path
 
-        timeouts = [float(config.get(name) or 60) for name in ("connect_timeout", "read_timeout")]
-        return cls(get_cert_path(verify) if verify else None, *timeouts)
+            return cls(get_cert_path(verify) if verify else None, config.connect_timeout, config.read_timeout)
+        except Exception as err:  # the client, asked next, raises it again, translated
+            logger.debug("reading %s through the S3 client: %s", url, _one_line(err))
+            return None
 
     def connect(self, target: urllib.parse.SplitResult) -> http.client.HTTPConnection:
         """Return a new connection to the host of `target`, unless its scheme or a proxy stands in the way.
@@ -755,7 +769,8 @@ class _PlainHttp:
         Raises
         ------
         _NotPlain
-            If `target` is not an ``http`` or ``https`` URL, or the environment names a proxy for it.
+            If `target` is not an ``http`` or ``https`` URL, the environment names a proxy for it, or the
+            client's certificate bundle cannot be loaded.
         """
         host, port = target.hostname or "", target.port
         proxies = urllib.request.getproxies()
@@ -765,14 +780,29 @@ class _PlainHttp:
             return http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
         if target.scheme != "https":
             raise _NotPlain(f"a presigned URL of scheme {target.scheme!r}")
-        context = ssl.create_default_context(cafile=self.cafile)
-        if self.cafile is None:  # the client was told not to check it (``verify=False``)
-            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        try:
+            context = _tls_context(self.cafile)
+        except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+            raise _NotPlain(f"the certificate bundle {self.cafile!r} cannot be used: {err}") from err
         return http.client.HTTPSConnection(host, port, timeout=self.connect_timeout, context=context)
 
 
-#: How long a presigned GET is valid: it is used at once (and, if a read fails, once more).
-_SIGNED_FOR = 3600
+@functools.lru_cache(maxsize=8)
+def _tls_context(cafile: str | None) -> ssl.SSLContext:
+    """Return a TLS client context checking servers against `cafile` (None: not checking them).
+
+    Made once per bundle (loading one costs some 20 ms) and shared: a context serves any thread.
+    """
+    if cafile is None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        return context
+    return ssl.create_default_context(cafile=cafile)
+
+
+#: How long a presigned GET is valid, in seconds. It is sent at once (each request is signed anew), so
+#: this only needs to cover a clock that differs from the store's (S3 refuses a skew of over 15 minutes).
+_SIGNED_FOR = 900
 
 
 class _SignedGet(_Pieces):
@@ -781,15 +811,16 @@ class _SignedGet(_Pieces):
     As :class:`_S3Body`: the first chunk (:data:`HEADER_BLOCK` bytes) is kept; the next ones
     (:data:`_AHEAD` bytes) are read by a thread of its own while the caller works on the one before, into
     two buffers in turn (new ones would each fault their pages afresh where the allocator returns them
-    to the system at once, as in Dask's workers); a read elsewhere, or one that fails mid-way (once),
-    asks for the rest from there (``Range``, ``If-Match`` its ETag). The requests are signed by the
-    store's client (credentials, region, endpoint), and the signed URL is never shown (it is a
-    credential while it lasts): errors name `url`.
+    to the system at once, as in Dask's workers). A read elsewhere asks for the rest from there
+    (``Range``, ``If-Match`` its ETag); so does a read that fails mid-way, once (again if that one
+    brought some bytes before it failed). The requests are signed by the store's client (credentials,
+    region, endpoint), and the signed URL is never shown (it is a credential while it lasts): errors
+    name `url`.
 
     Raises
     ------
     _NotPlain
-        If the first request fails or is refused: the store's client is to read the object instead.
+        If the first request cannot be made, fails or is refused: the store's client is to read it.
     """
 
     def __init__(self, fs: Any, key: str, url: str, plain: _PlainHttp):
@@ -799,16 +830,22 @@ class _SignedGet(_Pieces):
         self.last: tuple[int, Any] = self.first
         self.connection: http.client.HTTPConnection | None = None
         self.response: http.client.HTTPResponse | None = None
+        self.socket: socket.socket | None = None  # the connection's, also once the response holds it
         self.pending: concurrent.futures.Future[int] | None = None
         self.reader: concurrent.futures.ThreadPoolExecutor | None = None
+        self.buffers: list[memoryview] = []
+        self.in_last = 0  # the buffer holding the last chunk
         self.etag: str | None = None
         self.size = -1
-        self._get(0)
-        header = memoryview(bytearray(min(HEADER_BLOCK, self.size)))
-        self.first = self.last = (0, header[: self._take(header) if len(header) else 0])
-        self.fetched = len(self.first[1])
-        self.buffers: list[memoryview] = []
-        self._ask()
+        try:
+            self._get(0)
+            header = memoryview(bytearray(min(HEADER_BLOCK, self.size)))
+            self.first = self.last = (0, header[: self._take(header) if len(header) else 0])
+            self.fetched = len(self.first[1])
+            self._ask()
+        except BaseException:
+            self.close()
+            raise
 
     def _get(self, start: int) -> None:
         """Ask for the object from byte `start` (of the version read so far)."""
@@ -818,35 +855,45 @@ class _SignedGet(_Pieces):
         headers = {"Range": f"bytes={start}-"} if start else {}
         if self.etag:
             headers["If-Match"] = self.etag
-        connection = self.plain.connect(target)
+        first = self.size < 0
         try:
-            connection.request("GET", f"{target.path}?{target.query}", headers=headers)
-            connection.sock.settimeout(self.plain.read_timeout)
+            connection = self.plain.connect(target)
+        except _NotPlain as err:
+            if first:
+                raise
+            raise OSError(errno.EIO, f"reading it again failed: {err}", self.url) from None
+        try:
+            connection.request(
+                "GET", f"{target.path}?{target.query}" if target.query else target.path, headers=headers
+            )
+            self.socket = connection.sock
+            if self.socket is not None:
+                self.socket.settimeout(self.plain.read_timeout)
             response = connection.getresponse()
         except (OSError, http.client.HTTPException) as err:
             connection.close()
-            if self.size < 0:
-                raise _NotPlain(f"{type(err).__name__}: {err}") from err
-            raise _translated(err, self.url, "reading") from err
-        if response.status != (206 if start else 200):
-            connection.close()
-            if self.size < 0:
+            self.socket = None
+            if first:
+                raise _NotPlain(f"{type(err).__name__}: {err}") from None
+            raise _translated(err, self.url, "reading") from None
+        finally:
+            del target  # the signed URL: no frame kept by an error report holds it
+        self.connection, self.response, self.fetched = connection, response, start
+        if response.status != (206 if start else 200) or (first and response.length is None):
+            self._drop()
+            if first:
                 raise _NotPlain(f"the store answered {response.status} {response.reason}")
             raise _answered(response.status, response.reason, self.url)
-        self.connection, self.response, self.fetched = connection, response, start
         self.etag = response.getheader("ETag") or self.etag
-        if self.size < 0:
-            self.size = int(response.getheader("Content-Length") or -1)
-            if self.size < 0:
-                self._drop()
-                raise _NotPlain("its answer has no Content-Length")
+        if first:
+            self.size = response.length or 0
 
     def _free(self) -> memoryview:
         """Return where the next chunk goes: the buffer that does not hold the last one."""
         wanted = min(_AHEAD, self.size - self.fetched)
         if not self.buffers or len(self.buffers[0]) < wanted:
             self.buffers = [memoryview(bytearray(min(_AHEAD, self.size))) for _ in range(2)]
-        return self.buffers[self.buffers[0].obj is getattr(self.last[1], "obj", None)][:wanted]
+        return self.buffers[1 - self.in_last][:wanted]
 
     def _ask(self) -> None:
         """Have the next chunk read into the free buffer while the caller works on this one."""
@@ -856,15 +903,15 @@ class _SignedGet(_Pieces):
             self.pending = self.reader.submit(self.response.readinto, self._free())
 
     def _take(self, into: memoryview) -> int:
-        """Read the chunk at :attr:`fetched` into `into`, or take the one asked for; once more on failure.
+        """Read the chunk at :attr:`fetched` into `into` (where a chunk asked for goes); return its length.
 
-        Return its length.
+        A read that fails is asked again once from where it stopped.
         """
-        pending, self.pending = self.pending, None
         for attempt in (1, 2):
             try:
-                if pending is not None:
-                    count = pending.result()
+                if self.pending is not None:
+                    count = self.pending.result()  # an interrupt here leaves it to _drop()
+                    self.pending = None
                 else:
                     if self.response is None:
                         self._get(self.fetched)
@@ -876,14 +923,13 @@ class _SignedGet(_Pieces):
                     )
                 return count
             except (OSError, http.client.HTTPException) as err:
-                pending = None
                 self._drop()
                 if attempt == 2 or (isinstance(err, OSError) and err.filename == self.url):
-                    raise _translated(err, self.url, "reading") from err
+                    raise _translated(err, self.url, "reading") from None
                 logger.info("reading %s again from byte %d: %s", self.url, self.fetched, _one_line(err))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _held(self) -> Sequence[tuple[int, bytes]]:
+    def _held(self) -> Sequence[tuple[int, Any]]:
         return self.last, self.first
 
     def _fetch(self, count: int) -> tuple[int, Any]:
@@ -891,6 +937,7 @@ class _SignedGet(_Pieces):
             self._get(self.position)  # what was asked for is forgotten
         into = self._free()
         self.last = (self.fetched, into[: self._take(into)])
+        self.in_last = 1 - self.in_last
         self.fetched += len(self.last[1])
         self._ask()
         return self.last
@@ -906,14 +953,16 @@ class _SignedGet(_Pieces):
     def _drop(self) -> None:
         """Forget the answer: the chunk being read (its read is cut short), the connection."""
         pending, self.pending = self.pending, None
-        if self.connection is not None:
-            if pending is not None and self.connection.sock is not None:
+        if pending is not None:
+            if self.socket is not None:
                 with contextlib.suppress(OSError):
-                    self.connection.sock.shutdown(socket.SHUT_RDWR)  # the read under way ends
-            if pending is not None:
-                concurrent.futures.wait([pending])
+                    self.socket.shutdown(socket.SHUT_RDWR)  # the read under way ends
+            concurrent.futures.wait([pending])
+        if self.response is not None:
+            self.response.close()
+        if self.connection is not None:
             self.connection.close()
-        self.connection = self.response = None
+        self.connection = self.response = self.socket = None
 
     def close(self) -> None:
         if not self.closed:
