@@ -315,7 +315,7 @@ def _start_pool_process(parent: int) -> None:
       otherwise wait for work forever.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sys.unraisablehook = _quiet_interrupts
+    sys.unraisablehook = quiet_interrupts
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -327,8 +327,12 @@ def _start_pool_process(parent: int) -> None:
         os._exit(1)
 
 
-def _quiet_interrupts(unraisable: Any) -> None:
-    """``sys.unraisablehook`` of a pool process: KeyboardInterrupt dropped silently, the rest as usual."""
+def quiet_interrupts(unraisable: Any) -> None:
+    """Report an unraisable exception as usual, unless it is a KeyboardInterrupt (a ``sys.unraisablehook``).
+
+    That of a pool process, and of the command while it runs: a Ctrl-C that lands in a finalizer or a
+    callback, where Python cannot raise it, prints nothing (the interrupt is handled where it can be).
+    """
     if not isinstance(unraisable.exc_value, KeyboardInterrupt):
         sys.__unraisablehook__(unraisable)
 

@@ -199,10 +199,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         interrupts.append(signum)
         raise KeyboardInterrupt
 
+    from ._runner import quiet_interrupts
+
     handler = None
     if threading.current_thread() is threading.main_thread():
         handler = signal.signal(signal.SIGINT, interrupt)
-    hook, sys.unraisablehook = sys.unraisablehook, _quiet_interrupts
+    hook, sys.unraisablehook = sys.unraisablehook, quiet_interrupts
     try:
         args = _get_parser().parse_args(argv)
         if args.command == "preview":
@@ -223,12 +225,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.unraisablehook = hook
         if handler is not None:
             signal.signal(signal.SIGINT, signal.SIG_IGN if argv is None else handler)
-
-
-def _quiet_interrupts(unraisable: Any) -> None:
-    """``sys.unraisablehook`` while the command runs: a discarded KeyboardInterrupt prints nothing."""
-    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
-        sys.__unraisablehook__(unraisable)
 
 
 def _stamps(args: argparse.Namespace) -> dict[str, tuple[int, int] | None]:
