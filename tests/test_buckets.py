@@ -677,6 +677,8 @@ def test_plain_http_checks_certificates_and_times_out_as_the_client_would(
     settings, _ = plain(config_kwargs={"connect_timeout": 3, "read_timeout": 7})
     assert (settings.connect_timeout, settings.read_timeout) == (3, 7)
     assert plain(profile="no-such-profile")[0] is None  # the client, asked next, says what is wrong
+    if _storage._botocore_knows("response_checksum_validation"):  # asked for: only the client computes it
+        assert plain(config_kwargs={"response_checksum_validation": "when_supported"})[0] is None
 
 
 def test_a_body_read_in_small_pieces_is_never_overwritten_by_the_next_chunk(server, bucket):

@@ -743,6 +743,8 @@ class _PlainHttp:
             config = client.meta.config
             if getattr(config, "proxies", None) or getattr(config, "client_cert", None):
                 return None
+            if getattr(config, "response_checksum_validation", None) not in (None, "when_required"):
+                return None  # the caller asked for botocore's checksum of downloads
             extra = {
                 **(getattr(fs, "s3_additional_kwargs", None) or {}),
                 **(getattr(fs, "req_kw", None) or {}),
