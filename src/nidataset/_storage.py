@@ -595,7 +595,37 @@ async def _opening(fs: Any, key: str, block: int) -> tuple[int, bytes, bytes]:
     return size, head, tail
 
 
-class _S3Body(_Pieces):
+class _Body(_Pieces):
+    """A remote file read from one answer's body as it arrives: its first chunk kept, the last one held.
+
+    Subclasses take the chunks (:meth:`_fetch`) and forget the answer (:meth:`_drop`: at close, and once
+    the body is read to its end, when no more than the first chunk is held).
+    """
+
+    first: tuple[int, Any] = (0, b"")  # (start, bytes): the first chunk (kept), the one taken last
+    last: tuple[int, Any] = (0, b"")
+
+    def _held(self) -> Sequence[tuple[int, Any]]:
+        return self.last, self.first
+
+    def _drop(self) -> None:
+        """Forget the answer: the chunk asked for, the connection."""
+        raise NotImplementedError
+
+    def readinto(self, buffer: Any) -> int:
+        count = super().readinto(buffer)
+        if self.position >= self.size:  # read to its end
+            self.last = (0, b"")
+            self._drop()
+        return count
+
+    def close(self) -> None:
+        if not self.closed:
+            self._drop()
+        super().close()
+
+
+class _S3Body(_Body):
     """An S3 object read by one GET, its body taken as it arrives, a chunk ahead of its reader.
 
     The first chunk taken (:data:`HEADER_BLOCK` bytes) is kept, so that a header can be read, checked and
@@ -612,7 +642,6 @@ class _S3Body(_Pieces):
         self.request = {"Bucket": bucket, "Key": name, **({"VersionId": version} if version else {})}
         self.position = 0  # where the caller reads
         self.fetched = 0  # bytes taken from the body: where it goes on
-        self.first = self.last = (0, b"")  # (start, bytes): the first chunk (kept), the one taken last
         self.pending: concurrent.futures.Future[bytes] | None = None
         self.body: Any = None
         self.etag: str | None = None
@@ -667,22 +696,11 @@ class _S3Body(_Pieces):
                 self._drop()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _held(self) -> Sequence[tuple[int, bytes]]:
-        return self.last, self.first
-
     def _fetch(self, count: int) -> tuple[int, bytes]:
         self._take()
         return self.last
 
-    def readinto(self, buffer: Any) -> int:
-        count = super().readinto(buffer)
-        if self.position >= self.size:  # read to its end: hold no more than the first chunk
-            self.last = (0, b"")
-            self._drop()
-        return count
-
     def _drop(self) -> None:
-        """Forget the body: the chunk asked for, the connection."""
         if self.pending is not None:
             self.pending.cancel()
             self.pending = None
@@ -692,11 +710,6 @@ class _S3Body(_Pieces):
             with contextlib.suppress(Exception):
                 sync(self.fs.loop, _close, self.body)
             self.body = None
-
-    def close(self) -> None:
-        if not self.closed:
-            self._drop()
-        super().close()
 
 
 def _s3_body(fs: Any, key: str, url: str, options: Mapping[str, Any]) -> _Pieces:
@@ -807,7 +820,7 @@ def _tls_context(cafile: str | None) -> ssl.SSLContext:
 _SIGNED_FOR = 900
 
 
-class _SignedGet(_Pieces):
+class _SignedGet(_Body):
     """An S3 object read by one presigned GET over a plain HTTP connection, a chunk ahead of its reader.
 
     As :class:`_S3Body`: the first chunk (:data:`HEADER_BLOCK` bytes) is kept; the next ones
@@ -828,8 +841,6 @@ class _SignedGet(_Pieces):
     def __init__(self, fs: Any, key: str, url: str, plain: _PlainHttp):
         self.fs, self.key, self.url, self.plain = fs, key, url, plain
         self.position = self.fetched = 0
-        self.first: tuple[int, Any] = (0, b"")
-        self.last: tuple[int, Any] = self.first
         self.connection: http.client.HTTPConnection | None = None
         self.response: http.client.HTTPResponse | None = None
         self.socket: socket.socket | None = None  # the connection's, also once the response holds it
@@ -931,9 +942,6 @@ class _SignedGet(_Pieces):
                 logger.info("reading %s again from byte %d: %s", self.url, self.fetched, _one_line(err))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _held(self) -> Sequence[tuple[int, Any]]:
-        return self.last, self.first
-
     def _fetch(self, count: int) -> tuple[int, Any]:
         if self.fetched != self.position:
             self._get(self.position)  # what was asked for is forgotten
@@ -944,16 +952,8 @@ class _SignedGet(_Pieces):
         self._ask()
         return self.last
 
-    def readinto(self, buffer: Any) -> int:
-        count = super().readinto(buffer)
-        if self.position >= self.size:  # read to its end: hold no more than the first chunk
-            self.last = (0, b"")
-            self._drop()
-            self.buffers = []  # a read elsewhere makes them anew
-        return count
-
     def _drop(self) -> None:
-        """Forget the answer: the chunk being read (its read is cut short), the connection."""
+        """Forget the answer: the chunk being read (its read is cut short), the connection, the buffers."""
         pending, self.pending = self.pending, None
         if pending is not None:
             if self.socket is not None:
@@ -965,13 +965,12 @@ class _SignedGet(_Pieces):
         if self.connection is not None:
             self.connection.close()
         self.connection = self.response = self.socket = None
+        self.buffers = []  # a read that goes on makes them anew (one under way keeps its own)
 
     def close(self) -> None:
-        if not self.closed:
-            self._drop()
-            if self.reader is not None:
-                self.reader.shutdown()
         super().close()
+        if self.reader is not None:
+            self.reader.shutdown()
 
 
 def _answered(status: int, reason: str, url: str) -> OSError:
