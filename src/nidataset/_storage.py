@@ -640,6 +640,7 @@ class _S3Body(_Body):
         self.fs, self.url = fs, url
         bucket, name, version = fs.split_path(key)
         self.request = {"Bucket": bucket, "Key": name, **({"VersionId": version} if version else {})}
+        self.request.update(getattr(fs, "req_kw", None) or {})  # requester pays: s3fs 2025.3 leaves it out
         self.position = 0  # where the caller reads
         self.fetched = 0  # bytes taken from the body: where it goes on
         self.pending: concurrent.futures.Future[bytes] | None = None
