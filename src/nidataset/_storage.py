@@ -904,10 +904,9 @@ class _SignedGet(_Body):
 
     def _free(self) -> memoryview:
         """Return where the next chunk goes: the buffer that does not hold the last one."""
-        wanted = min(_AHEAD, self.size - self.fetched)
-        if not self.buffers or len(self.buffers[0]) < wanted:
+        if not self.buffers:  # each holds any chunk: _AHEAD bytes, or the whole object if smaller
             self.buffers = [memoryview(bytearray(min(_AHEAD, self.size))) for _ in range(2)]
-        return self.buffers[1 - self.in_last][:wanted]
+        return self.buffers[1 - self.in_last][: self.size - self.fetched]
 
     def _ask(self) -> None:
         """Have the next chunk read into the free buffer while the caller works on this one."""
