@@ -5,6 +5,7 @@ bucket of its own. Local runs of the same files are the oracle: bucket outputs a
 """
 
 import contextlib
+import functools
 import gzip
 import logging
 import os
@@ -787,6 +788,84 @@ def test_an_output_is_uploaded_as_it_is_compressed(server, bucket):
         sizes.append(fs.info(url)["size"])
     assert sizes[1] > 100e6 and sizes[1] > 3.9 * sizes[0]
     assert peaks[1] < peaks[0] + 5 * 2**20 and peaks[1] < sizes[1] / 3, (peaks, sizes)
+
+
+@pytest.mark.parametrize("runner", ["threads", "dask"])
+def test_the_next_file_computes_while_the_store_takes_an_output(
+    server, bucket, scans, tmp_path, monkeypatch, runner
+):
+    # Every upload, once only the store's part of it is left, is held until a file beyond those that
+    # fill the run's places (2 threads; Dask: 1 worker of 1 thread) has been opened. Only a file that
+    # makes way while it waits lets that one start: otherwise each held upload waits out its patience.
+    name, fs = bucket
+    folder, paths = scans
+    upload(fs, folder, f"{name}/scans")
+    local = resampling_dataset(folder, tmp_path / "local", (15, 14, 10), progress=False)
+    places = 2 if runner == "threads" else 1
+    opened, later, held = set(), threading.Event(), []
+    open_input, upload_to = _storage.Storage.open_input, _storage.Storage.upload
+
+    def counting(self, path, *args, **kwargs):
+        opened.add(path)
+        if len(opened) > places:
+            later.set()
+        return open_input(self, path, *args, **kwargs)
+
+    def holding(self, path, waiting=None):
+        def then_hold():
+            if waiting is not None:
+                waiting()
+            held.append(later.wait(10))
+
+        return upload_to(self, path, then_hold)
+
+    monkeypatch.setattr(_storage.Storage, "open_input", counting)
+    monkeypatch.setattr(_storage.Storage, "upload", holding)
+    run = functools.partial(
+        resampling_dataset,
+        f"s3://{name}/scans/",
+        f"s3://{name}/out/",
+        (15, 14, 10),
+        progress=False,
+        storage_options=server.options(),
+    )
+    if runner == "threads":
+        outputs = run(workers=2)
+    else:
+        distributed = pytest.importorskip("distributed")
+        with (
+            distributed.LocalCluster(
+                n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+            ) as cluster,
+            distributed.Client(cluster) as client,
+        ):
+            outputs = run(executor=client.get_executor())
+    assert len(opened) == len(paths) == len(outputs) == len(held) == 3
+    assert all(held), held  # no upload waited out its patience
+    for url, path in zip(outputs, local, strict=True):
+        assert fs.cat(url) == read(path)
+
+
+@pytest.mark.parametrize("preview", [False, True])
+def test_a_file_says_it_waits_once_when_only_its_last_upload_is_left(volume, preview):
+    import fsspec
+
+    from nidataset._options import Options
+    from nidataset._runner import DatasetJob
+
+    store = fsspec.filesystem("memory")
+    path, _ = volume
+    store.put(path, "memory://waits/in/v.nii.gz")
+    written = []  # at each call: the output, then the preview, on the store?
+    names = "memory://waits/out/v/v_resampled.nii.gz", "memory://waits/out/v/v_preview.png"
+    job = DatasetJob("memory://waits/out", "case", (10, 15, 9), Options(preview=preview), 1)
+    try:
+        job("memory://waits/in/v.nii.gz", waiting=lambda: written.append([store.exists(n) for n in names]))
+        # The volume's upload, or the preview's, which is drawn after the volume is in place.
+        assert written == [[True, False] if preview else [False, False]]
+        assert [store.exists(n) for n in names] == [True, preview]
+    finally:
+        store.rm("memory://waits", recursive=True)
 
 
 # --- 4: atomic uploads, skip_existing --------------------------------------------------------------------

@@ -227,3 +227,51 @@ def test_output_folder_refused_before_any_input_is_read(dataset, tmp_path, monke
     with pytest.raises(NotADirectoryError, match="is not a folder"):
         resampling(dataset / "patient_001.nii.gz", tmp_path / "blocker", (4, 4, 4))
     assert opened == []
+
+
+def test_threads_take_turns_and_one_waiting_for_its_turn_stops_when_asked():
+    import threading
+    import time
+
+    from nidataset._runner import _Turns
+
+    stop = threading.Event()
+    turns = _Turns(1, stop)
+    release, order = threading.Event(), []
+
+    def first(path, stop, waiting):
+        order.append(path)
+        waiting()  # only the store's part is left: the next file may start
+        release.wait(10)
+        return path
+
+    def second(path, stop, waiting):
+        order.append(path)
+        return path
+
+    threads = [threading.Thread(target=turns.run, args=(first, "a"))]
+    threads[0].start()
+    while not order:
+        time.sleep(0.01)
+    assert turns.run(second, "b") == "b"  # while "a" still waits on its store
+    assert order == ["a", "b"]
+    release.set()
+    threads[0].join(10)
+
+    def holding(path, stop, waiting):  # never makes way
+        order.append(path)
+        release.clear()
+        release.wait(10)
+        return path
+
+    threads = [threading.Thread(target=turns.run, args=(holding, "c"))]
+    threads[0].start()
+    while order[-1] != "c":
+        time.sleep(0.01)
+    stop.set()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        turns.run(second, "d")  # waited for a turn, then stopped
+    assert time.monotonic() - start < 2 and order[-1] == "c"
+    release.set()
+    threads[0].join(10)

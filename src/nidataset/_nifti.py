@@ -602,6 +602,9 @@ class SlabWriter:
         compressing never runs beside the caller's own work.
     storage : Storage
         Opens `path`: a local file, or a URL uploaded as the bytes come out of the compressor.
+    waiting : callable, optional
+        For a URL: called once everything is compressed, before the store takes the last bytes and
+        makes the object appear (see :meth:`Storage.upload`).
     """
 
     def __init__(
@@ -611,9 +614,10 @@ class SlabWriter:
         threads: int = 1,
         wait: bool = False,
         storage: Storage = LOCAL,
+        waiting: Callable[[], None] | None = None,
     ):
         self.path = path
-        self.storage = storage
+        self.storage, self.waiting = storage, waiting
         self.header = header.copy()
         self.header["vox_offset"] = 0  # nibabel places the data right after the header and extensions
         self.dtype = self.header.get_data_dtype()
@@ -631,7 +635,7 @@ class SlabWriter:
     def _open(self) -> Generator[BinaryIO, None, None]:
         """Open the temporary file and its compressor, and write the header; rename on success."""
         with (
-            self.storage.upload(self.path) as raw,
+            self.storage.upload(self.path, self.waiting) as raw,
             _compressor(raw, self.threads) as gz,
         ):
             head = io.BytesIO()  # nibabel writes extensions with tell(), which the threaded writer lacks

@@ -68,6 +68,7 @@ def resample_file(
     slab_values: int = SLAB_VALUES,
     storage: Storage = LOCAL,
     stop: threading.Event | None = None,
+    waiting: Callable[[], None] | None = None,
 ) -> str:
     """Resample the volume at `path` to `shape` voxels into ``folder/<PREFIX>_resampled.nii.gz``.
 
@@ -98,6 +99,10 @@ def resample_file(
         Once set, the call stops at its next slab (or the next few MiB of a volume read whole) by raising
         KeyboardInterrupt, as an interrupt would, leaving no output: how a thread pool's files are
         interrupted (only the main thread takes Ctrl-C). A request to the store under way ends first.
+    waiting : callable, optional
+        For an output in a bucket: called once, from the calling thread, when all that is left of the
+        call is the store's part of its last upload (the preview's, if one is drawn), which takes the
+        last bytes and makes the object appear. A Dask task gives its worker's thread back then.
 
     Returns
     -------
@@ -130,7 +135,8 @@ def resample_file(
         try:
             taps = _Taps(source, header) if options.preview else None
             with one_blas_thread():
-                _Run(source, header, target, options, threads, slab_values, taps, storage, stop).go()
+                last = None if taps is not None else waiting  # else the preview's upload comes last
+                _Run(source, header, target, options, threads, slab_values, taps, storage, stop, last).go()
         except BaseException as err:
             _remove_empty(made)  # a failed file leaves no folder of its own behind
             if isinstance(err, MemoryError):
@@ -138,7 +144,7 @@ def resample_file(
             raise
     logger.info("resampled %s %s -> %s %s", path, source.shape, target, shape)
     if taps is not None:
-        _draw(path, target, taps.original, taps.resampled, picture, storage)
+        _draw(path, target, taps.original, taps.resampled, picture, storage, waiting)
     return target
 
 
@@ -161,7 +167,7 @@ def _kept(
     logger.info("kept %s", target)
     if options.preview and not storage.is_file(picture):
         original = _nifti.read_mid_planes(path, storage)
-        _draw(path, target, original, _nifti.read_mid_planes(target, storage), picture, storage)
+        _draw(path, target, original, _nifti.read_mid_planes(target, storage), picture, storage, None)
     return True
 
 
@@ -220,10 +226,11 @@ class _Run:
         taps: _Taps | None,
         storage: Storage,
         stop: threading.Event | None = None,
+        waiting: Callable[[], None] | None = None,
     ):
         self.source, self.header, self.target, self.options = source, header, target, options
         self.threads, self.slab_values, self.taps = threads, slab_values, taps
-        self.storage, self.stop = storage, stop
+        self.storage, self.stop, self.waiting = storage, stop, waiting
         self.in_shape = source.stored_shape
         x, y, z = (int(n) for n in header.get_data_shape()[:3])
         self.out_shape = (z, y, x)
@@ -382,7 +389,12 @@ class _Run:
         """Open the output's writer, compressing on the threads the `busy` others leave (at least one)."""
         compress = max(1, self.threads - busy)
         return _nifti.SlabWriter(
-            self.target, self.header, threads=compress, wait=self.threads == 1, storage=self.storage
+            self.target,
+            self.header,
+            threads=compress,
+            wait=self.threads == 1,
+            storage=self.storage,
+            waiting=self.waiting,
         )
 
     def _go_on(self) -> None:
@@ -472,10 +484,19 @@ def _read_here(source: _nifti.Source, rows: int) -> Iterator[Iterator[np.ndarray
         blocks.close()
 
 
-def _draw(path: str, target: str, original: Any, resampled: Any, picture: str, storage: Storage) -> None:
+def _draw(
+    path: str,
+    target: str,
+    original: Any,
+    resampled: Any,
+    picture: str,
+    storage: Storage,
+    waiting: Callable[[], None] | None,
+) -> None:
     from ._preview import write_preview  # matplotlib: only when a preview is asked for
 
-    write_preview(original, resampled, picture, names=(name_of(path), name_of(target)), storage=storage)
+    names = (name_of(path), name_of(target))
+    write_preview(original, resampled, picture, names=names, storage=storage, waiting=waiting)
 
 
 def _sizes(shape: tuple[int, ...]) -> str:

@@ -9,6 +9,7 @@ to each world axis is read from the affine, and the planes are turned and flippe
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -122,6 +123,7 @@ def write_preview(
     picture: str,
     names: tuple[str, str] = ("", ""),
     storage: Storage = LOCAL,
+    waiting: Callable[[], None] | None = None,
 ) -> str:
     """Write a picture of the axial, coronal and sagittal mid-planes of two volumes, one row each.
 
@@ -129,7 +131,8 @@ def write_preview(
     subject's directions written on its edges (:func:`anatomical_panels`), and each row is titled with
     its file name, its volume's shape and its voxel spacing. Both rows share the grey scale of the
     original (its 0.5th to 99.5th percentiles on the planes shown). The format follows the suffix of
-    `picture` (:data:`FORMATS`); the file is written atomically, by `storage` if it is a URL.
+    `picture` (:data:`FORMATS`); the file is written atomically, by `storage` if it is a URL (which
+    calls `waiting` once the picture is drawn: see :meth:`Storage.upload`).
 
     Raises
     ------
@@ -190,6 +193,6 @@ def write_preview(
             ax.text(0.98, 0.5, right, ha="right", va="center", **style)
             ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
             ax.text(0.5, 0.98, top, ha="center", va="top", **style)
-    with storage.upload(picture) as out:
+    with storage.upload(picture, waiting) as out:
         FigureCanvasAgg(figure).print_figure(out, format=FORMATS[suffix], dpi=100)
     return picture

@@ -34,6 +34,7 @@ __all__ = [
     "DatasetError",
     "DatasetJob",
     "case_folder",
+    "is_dask",
     "list_inputs",
     "remove_stale_temporaries",
     "run",
@@ -117,7 +118,10 @@ class DatasetJob:
 
     `threads` is what each file may use: the caller's share when files run one after the other, one
     core when they run side by side on a pool or a cluster. `storage` opens the URLs (it travels with the
-    job: a cluster's workers need no shared file system when inputs and outputs are URLs).
+    job: a cluster's workers need no shared file system when inputs and outputs are URLs). `on_dask`:
+    the job runs as a task of a Dask cluster (:func:`is_dask`), which gives its worker's thread back
+    once only the store's part of its last upload is left (``distributed.secede``): the worker's next
+    task computes while the store takes this one's output.
     """
 
     root: str
@@ -127,6 +131,7 @@ class DatasetJob:
     threads: int
     skip_existing: bool = False
     storage: Storage = LOCAL
+    on_dask: bool = False
     # Differs between runs: Dask would otherwise hand back the result of an identical earlier task.
     run: str = field(default_factory=lambda: secrets.token_hex(8))
 
@@ -138,8 +143,13 @@ class DatasetJob:
         """Return the output file of the input `path`."""
         return join(self.folder(path), _nifti.output_name(path))
 
-    def __call__(self, path: str, stop: threading.Event | None = None) -> str:
-        """Resample `path`; a thread pool may ask it to `stop` (see :func:`resample_file`)."""
+    def __call__(
+        self, path: str, stop: threading.Event | None = None, waiting: Callable[[], None] | None = None
+    ) -> str:
+        """Resample `path`; a thread pool may ask it to `stop`, and be told when it is `waiting`.
+
+        See :func:`resample_file`; on Dask, `waiting` gives the task's thread back to its worker.
+        """
         if not is_url(path):  # checked here, where it runs: not a FIFO, a folder, a broken link
             check_input_file(path, _nifti.SUFFIX)  # (a listed object: opening it says what is wrong)
         return resample_file(
@@ -151,7 +161,28 @@ class DatasetJob:
             skip_existing=self.skip_existing,
             storage=self.storage,
             stop=stop,
+            waiting=waiting if waiting is not None or not self.on_dask else _leave_thread_pool,
         )
+
+
+def is_dask(executor: Executor | None) -> bool:
+    """Whether `executor` runs its tasks on a Dask cluster (a ``distributed.Client``'s executor)."""
+    return executor is not None and type(executor).__module__.partition(".")[0] == "distributed"
+
+
+def _leave_thread_pool() -> None:
+    """Give this task's thread back to its Dask worker, which starts its next task at once.
+
+    The task goes on outside the pool and ends as usual (Dask's "long-running" tasks: a worker of one
+    thread then runs two tasks for as long as this one waits). Nothing is given back where the call
+    does not run in a worker's task thread.
+    """
+    try:
+        from distributed import secede
+
+        secede()
+    except Exception as err:  # not a worker's task thread (get_worker raises ValueError)
+        logger.debug("this task keeps its thread: %s", err)
 
 
 def case_folder(path: str) -> str:
@@ -206,10 +237,11 @@ def run(
     """Apply `job` to every input, going on past failures.
 
     With ``workers > 1`` the inputs run on a local process pool of that size (`job` must then be
-    picklable), or on a pool of threads of this process if `in_threads` (`job` then takes a
-    ``stop=`` event, set when the run is interrupted); with an `executor` they run on it; otherwise one
-    after the other in this process. The progress bar advances as inputs finish, in whatever order they
-    finish.
+    picklable), or on threads of this process if `in_threads`: `workers` of them compute at once, and
+    as many more may be waiting on the store to take their outputs (`job` then takes a ``stop=`` event,
+    set when the run is interrupted, and a ``waiting=`` callable, :class:`_Turns`); with an `executor`
+    they run on it; otherwise one after the other in this process. The progress bar advances as inputs
+    finish, in whatever order they finish.
 
     Returns the outputs in input order. If any input failed, raises :class:`DatasetError` once all the
     others are done, naming each failed input and its reason.
@@ -240,8 +272,8 @@ def run(
         if executor is not None:
             pool, task = executor, job
         elif in_threads:
-            pool = ThreadPoolExecutor(size, thread_name_prefix="nidataset-file")
-            task = functools.partial(job, stop=stop)
+            pool = ThreadPoolExecutor(2 * size, thread_name_prefix="nidataset-file")
+            task = functools.partial(_Turns(size, stop).run, job)
         else:
             pool = ProcessPoolExecutor(size, initializer=_start_pool_process, initargs=(os.getpid(),))
             task = functools.partial(_interruptible, job)
@@ -288,6 +320,36 @@ def _uninterrupted() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
+class _Turns:
+    """Files of a thread pool taking turns: `count` compute at once; one waiting on its store makes way.
+
+    A file takes a turn to start, and gives it back when all that is left of it is the store's part of
+    its last upload (the `waiting` of :func:`resample_file`) or when it ends: while the store takes
+    one file's output, the next one computes. A file waiting for its turn stops once `stop` is set.
+    """
+
+    def __init__(self, count: int, stop: threading.Event):
+        self.free, self.stop = threading.Semaphore(count), stop
+
+    def run(self, job: Callable[..., str], path: str) -> str:
+        """Return ``job(path, stop=..., waiting=...)``, run in turn."""
+        while not self.free.acquire(timeout=0.1):
+            if self.stop.is_set():
+                raise KeyboardInterrupt
+        held = True
+
+        def give_back() -> None:  # called by this file's own thread only
+            nonlocal held
+            if held:
+                held = False
+                self.free.release()
+
+        try:
+            return job(path, stop=self.stop, waiting=give_back)
+        finally:
+            give_back()
 
 
 def _shut_down_threads(pool: Executor) -> None:

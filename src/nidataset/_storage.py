@@ -41,7 +41,7 @@ import socket
 import ssl
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -285,8 +285,13 @@ class Storage:
     # --- writing -------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def upload(self, path: str) -> Iterator[BinaryIO]:
-        """Open `path` to write; it appears under that name only if the block ends without an error."""
+    def upload(self, path: str, waiting: Callable[[], None] | None = None) -> Iterator[BinaryIO]:
+        """Open `path` to write; it appears under that name only if the block ends without an error.
+
+        `waiting`, for a URL, is called once the block has ended well, when all that is left is the
+        store's: taking the last bytes and making the object appear (a Dask task gives its thread back
+        to its worker then). Not for a local path, whose commit is a rename.
+        """
         if not is_url(path):
             with atomic_file(local_path(path)) as file:
                 yield file
@@ -300,6 +305,8 @@ class Storage:
                 remote = fs.open(key, "wb", block_size=_UPLOAD_BLOCK, autocommit=s3)
             try:
                 yield _RemoteWriter(remote, path)  # type: ignore[misc]
+                if waiting is not None:
+                    waiting()
                 with _failures(path, "writing"):
                     remote.close()  # the last part, and S3's commit: only now does the object appear
                     if not s3:
@@ -314,6 +321,8 @@ class Storage:
             remote = fs.open(hidden, "wb")
         try:
             yield _RemoteWriter(remote, path)  # type: ignore[misc]
+            if waiting is not None:
+                waiting()
             with _failures(path, "writing"):
                 remote.close()
                 fs.mv(hidden, key)

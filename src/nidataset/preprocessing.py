@@ -330,11 +330,12 @@ def resampling_dataset(
             raise ValueError("give workers or executor, not both")
     side_by_side = workers > 1 or executor is not None
     threads = _options.resolve_threads(threads) if threads is not None or not side_by_side else 1
-    storage = Storage.of(storage_options, files=workers)
+    storage = Storage.of(storage_options, files=2 * workers)  # for a bucket, half of them uploading
     source = _path("nii_folder", nii_folder)
     inputs = _runner.list_inputs(source, _nifti.SUFFIX, storage)
     folder = _check_output_folder(output_path, storage)
-    job = _runner.DatasetJob(folder, saving_mode, shape, options, threads, skip_existing, storage=storage)
+    on_dask = _runner.is_dask(executor)
+    job = _runner.DatasetJob(folder, saving_mode, shape, options, threads, skip_existing, storage, on_dask)
     inputs = _runner.without_outputs(job, inputs)
     _runner.remove_stale_temporaries(job, inputs)
     # Files in a bucket wait on the store as much as on the cores: threads of this process run them,
