@@ -31,6 +31,7 @@ imports nidataset.preprocessing, and of one that only imports s3fs, makes the fi
     .venv/bin/python benchmarks/buckets.py                  # both parts, 5 rounds (a few minutes)
     .venv/bin/python benchmarks/buckets.py --parts mem      # the memory part alone
     .venv/bin/python benchmarks/buckets.py --quick          # tiny scans, 1 round (the tests')
+    .venv/bin/python benchmarks/buckets.py --parts time --latency 30   # a store 30 ms away
 """
 
 import argparse
@@ -160,10 +161,13 @@ class S3Server:
 
 
 class CountingRelay:
-    """A TCP relay in front of the server that counts the bytes each way (HTTP headers included)."""
+    """A TCP relay in front of the server that counts the bytes each way (HTTP headers included).
 
-    def __init__(self, port):
-        self.target = port
+    With a `delay` (seconds), each answer's first bytes are held that long: a store across a network.
+    """
+
+    def __init__(self, port, delay=0.0):
+        self.target, self.delay = port, delay
         self.up = self.down = 0
         self.lock = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -181,6 +185,8 @@ class CountingRelay:
             except OSError:
                 return  # closed
             server = socket.create_connection(("127.0.0.1", self.target))
+            for end in (client, server):
+                end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             pending = [2]
             for source, sink, up in ((client, server, True), (server, client, False)):
                 threading.Thread(target=self._pump, args=(source, sink, up, pending), daemon=True).start()
@@ -188,6 +194,8 @@ class CountingRelay:
     def _pump(self, source, sink, up, pending):
         try:
             while data := source.recv(1 << 16):
+                if self.delay and not up and data.startswith(b"HTTP/1."):
+                    time.sleep(self.delay)  # an answer starts (one at a time on a connection)
                 sink.sendall(data)
                 with self.lock:
                     if up:
@@ -261,10 +269,14 @@ def time_part(args, root, server, fs, relay):
     sizes_in = sum(os.path.getsize(p) for p in paths)
     sizes_out = sum(len(b) for b in outputs.values())
 
-    options = server.options()
+    import s3fs
+
+    far = CountingRelay(server.port, delay=args.latency / 1000) if args.latency else None
+    options = server.options(far.endpoint if far else None)
+    store = s3fs.S3FileSystem(**options, skip_instance_cache=True)  # the transfer rows' s3fs
     s3 = boto3.client(
         "s3",
-        endpoint_url=server.endpoint,
+        endpoint_url=options["endpoint_url"],
         aws_access_key_id=CREDENTIALS["key"],
         aws_secret_access_key=CREDENTIALS["secret"],
         region_name="us-east-1",
@@ -283,8 +295,8 @@ def time_part(args, root, server, fs, relay):
 
     def with_s3fs(out):
         transfer(
-            lambda key: fs.cat_file(f"{BUCKET}/{key}"),
-            lambda key, data: fs.pipe_file(f"{BUCKET}/{key}", data),
+            lambda key: store.cat_file(f"{BUCKET}/{key}"),
+            lambda key, data: store.pipe_file(f"{BUCKET}/{key}", data),
         )
 
     def with_boto3(out):
@@ -343,14 +355,18 @@ def time_part(args, root, server, fs, relay):
         for cluster, client in clusters:
             client.close()
             cluster.close()
+        if far is not None:
+            far.close()
 
     medians = {name: median(samples) for name, samples in times.items()}
     shape = "x".join(map(str, args.shape))
     lines = [
         f"time: {args.scans} int16 CT-like scans {shape} ({sizes_in / args.scans / 1e6:.1f} MB .nii.gz each) "
         f"-> {size}, saving_mode='case'; the call alone, in this process (median)",
-        "",
     ]
+    if args.latency:
+        lines.append(f"every answer of the store {args.latency:g} ms late (a relay holds its first bytes)")
+    lines.append("")
     for name, seconds in medians.items():
         lines.append(f"  {name:<52}{seconds:>8.2f} s")
     if not bucket:
@@ -511,6 +527,14 @@ def main():
     parser.add_argument("--mem-size", type=int, nargs=3, default=(224, 224, 128))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-dask", action="store_true", help="leave the Dask rows out")
+    parser.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="time rows: every answer of the store (the transfer rows' too) comes MS ms late, through a "
+        "relay, as from a store across a network (default 0: straight to the server)",
+    )
     parser.add_argument("--quick", action="store_true", help="2 tiny scans, 1 round (the tests')")
     args = parser.parse_args()
     if args.quick:
