@@ -803,16 +803,23 @@ def test_the_next_file_computes_while_the_store_takes_an_output(
     local = resampling_dataset(folder, tmp_path / "local", (15, 14, 10), progress=False)
     places = 2 if runner == "threads" else 1
     opened, later, held = set(), threading.Event(), []
+    computing, most, lock = set(), [0], threading.Lock()
     open_input, upload_to = _storage.Storage.open_input, _storage.Storage.upload
 
     def counting(self, path, *args, **kwargs):
-        opened.add(path)
-        if len(opened) > places:
-            later.set()
+        with lock:
+            if path not in opened:  # a file starts: its case
+                computing.add(path.rsplit("/", 1)[1].removesuffix(".nii.gz"))
+                most[0] = max(most[0], len(computing))
+            opened.add(path)
+            if len(opened) > places:
+                later.set()
         return open_input(self, path, *args, **kwargs)
 
     def holding(self, path, waiting=None):
         def then_hold():
+            with lock:  # the file's computing is done
+                computing.discard(path.rsplit("/", 1)[1].removesuffix("_resampled.nii.gz"))
             if waiting is not None:
                 waiting()
             held.append(later.wait(10))
@@ -842,30 +849,154 @@ def test_the_next_file_computes_while_the_store_takes_an_output(
             outputs = run(executor=client.get_executor())
     assert len(opened) == len(paths) == len(outputs) == len(held) == 3
     assert all(held), held  # no upload waited out its patience
+    assert most[0] == places  # never more files computing at once than the run's places
     for url, path in zip(outputs, local, strict=True):
         assert fs.cat(url) == read(path)
 
 
-@pytest.mark.parametrize("preview", [False, True])
-def test_a_file_says_it_waits_once_when_only_its_last_upload_is_left(volume, preview):
+def test_a_dask_worker_has_no_more_files_waiting_on_the_store_than_threads(
+    server, bucket, scans, monkeypatch
+):
+    # A store slower than the computing: each upload's end takes a second. The worker (1 thread) lets
+    # one file wait on the store while the next computes, and no more: the third waits for a thread.
+    distributed = pytest.importorskip("distributed")
+    name, fs = bucket
+    folder, paths = scans
+    upload(fs, folder, f"{name}/scans")
+    started, most, lock = set(), [0], threading.Lock()
+    open_input, upload_to = _storage.Storage.open_input, _storage.Storage.upload
+
+    def counting(self, path, *args, **kwargs):
+        with lock:
+            started.add(path.rsplit("/", 1)[1].removesuffix(".nii.gz"))
+            most[0] = max(most[0], len(started))
+        return open_input(self, path, *args, **kwargs)
+
+    def slow(self, path, waiting=None):
+        def then_wait():
+            if waiting is not None:
+                waiting()
+            time.sleep(1)
+            with lock:
+                started.discard(path.rsplit("/", 1)[1].removesuffix("_resampled.nii.gz"))
+
+        return upload_to(self, path, then_wait)
+
+    monkeypatch.setattr(_storage.Storage, "open_input", counting)
+    monkeypatch.setattr(_storage.Storage, "upload", slow)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as c,
+        distributed.Client(c) as client,
+    ):
+        outputs = resampling_dataset(
+            f"s3://{name}/scans/",
+            f"s3://{name}/out/",
+            (15, 14, 10),
+            executor=client.get_executor(),
+            progress=False,
+            storage_options=server.options(),
+        )
+    assert len(outputs) == len(paths) == 3
+    assert most[0] == 2  # one computing beside one waiting on the store: never the third
+
+
+def nan_volume(path):
+    data = np.arange(20 * 30 * 17, dtype=np.float32).reshape(20, 30, 17)
+    data[3, 4, 5] = np.nan
+    return write_nifti(path, data)
+
+
+@pytest.mark.parametrize(
+    "way",
+    [
+        "down",  # the output held, then written
+        "up",  # the input held, the output streamed
+        "nearest",  # both streamed
+        "nan",  # the input read again whole (NaN found), the output streamed
+        "preview",  # the preview's upload comes last
+    ],
+)
+def test_a_file_says_it_waits_once_when_only_its_last_upload_is_left(volume, tmp_path, way):
     import fsspec
 
     from nidataset._options import Options
     from nidataset._runner import DatasetJob
 
     store = fsspec.filesystem("memory")
-    path, _ = volume
-    store.put(path, "memory://waits/in/v.nii.gz")
-    written = []  # at each call: the output, then the preview, on the store?
+    path = nan_volume(tmp_path / "v.nii.gz") if way == "nan" else volume[0]
+    store.put(str(path), "memory://waits/in/v.nii.gz")
+    seen = []  # at each call: the output, then the preview, on the store?
     names = "memory://waits/out/v/v_resampled.nii.gz", "memory://waits/out/v/v_preview.png"
-    job = DatasetJob("memory://waits/out", "case", (10, 15, 9), Options(preview=preview), 1)
+    options = Options(interpolation="nearest" if way == "nearest" else "bspline", preview=way == "preview")
+    shape = (30, 40, 20) if way == "up" else (10, 15, 9)
+    job = DatasetJob("memory://waits/out", "case", shape, options, 1)
     try:
-        job("memory://waits/in/v.nii.gz", waiting=lambda: written.append([store.exists(n) for n in names]))
+        job("memory://waits/in/v.nii.gz", waiting=lambda: seen.append([store.exists(n) for n in names]))
         # The volume's upload, or the preview's, which is drawn after the volume is in place.
-        assert written == [[True, False] if preview else [False, False]]
-        assert [store.exists(n) for n in names] == [True, preview]
+        assert seen == [[True, False] if way == "preview" else [False, False]]
+        assert [store.exists(n) for n in names] == [True, way == "preview"]
+        local = resampling(str(path), tmp_path / "local", shape, interpolation=options.interpolation)
+        assert store.cat(names[0]) == read(local)
     finally:
         store.rm("memory://waits", recursive=True)
+
+
+@pytest.mark.parametrize("shape", [(48, 40, 24), (160, 150, 70)])  # the output held; the input held
+def test_a_file_waiting_on_the_store_holds_only_its_compressed_output(tmp_path, shape):
+    import tracemalloc
+
+    import fsspec
+
+    from nidataset._options import Options
+    from nidataset._runner import DatasetJob
+
+    store = fsspec.filesystem("memory")
+    x, y, z = np.meshgrid(*(np.arange(n) for n in (96, 90, 40)), indexing="ij")
+    path = write_nifti(tmp_path / "v.nii.gz", np.asfortranarray(x + 2 * y + 3 * z).astype(np.int16))  # 0.7 MB
+    store.put(str(path), "memory://holds/in/v.nii.gz")
+    at_waiting = []
+    job = DatasetJob("memory://holds/out", "case", shape, Options(), 1)
+    job("memory://holds/in/v.nii.gz")  # once first: what is kept between calls (operators...) is made
+    store.rm("memory://holds/out", recursive=True)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        job("memory://holds/in/v.nii.gz", waiting=lambda: at_waiting.append(tracemalloc.get_traced_memory()))
+        ((now, peak),) = at_waiting
+        compressed = store.info("memory://holds/out/v/v_resampled.nii.gz")["size"]
+    finally:
+        tracemalloc.stop()
+        store.rm("memory://holds", recursive=True)
+    assert peak - before > 2 * 2**20  # the arrays of the computation (held input or output, engine)
+    assert now - before < compressed + 2**18, (now - before, compressed)  # gone by then
+
+
+def test_an_upload_that_fails_at_its_end_leaves_nothing(volume, tmp_path, monkeypatch):
+    # The end of an upload comes after the computation (the rename on a store without commits): its
+    # failure names the URL and leaves neither the object nor its hidden key; a local rename's, no file.
+    import fsspec
+
+    store = fsspec.filesystem("memory")
+    path, _ = volume
+    store.put(path, "memory://ends/in/v.nii.gz")
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "the store refuses the rename")
+
+    monkeypatch.setattr(type(store), "mv", refused)
+    monkeypatch.setattr(os, "replace", refused)
+    try:
+        with pytest.raises(OSError, match=re.escape("memory://ends/out/v_resampled.nii.gz")):
+            resampling("memory://ends/in/v.nii.gz", "memory://ends/out", (10, 15, 9))
+        assert not store.exists("memory://ends/out") or not store.ls("memory://ends/out")
+        with pytest.raises(DatasetError) as info:
+            resampling_dataset(os.path.dirname(path), tmp_path / "local", (10, 15, 9), progress=False)
+        assert isinstance(info.value.failures[0][1], PermissionError)
+        assert not list((tmp_path / "local").rglob("*"))  # not even the case's folder
+    finally:
+        store.rm("memory://ends", recursive=True)
 
 
 # --- 4: atomic uploads, skip_existing --------------------------------------------------------------------

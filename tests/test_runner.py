@@ -1,5 +1,6 @@
 """`resampling_dataset()`: discovery, layouts, validation before work, and failures that do not stop."""
 
+import functools
 import os
 from pathlib import Path
 
@@ -237,41 +238,53 @@ def test_threads_take_turns_and_one_waiting_for_its_turn_stops_when_asked():
 
     stop = threading.Event()
     turns = _Turns(1, stop)
-    release, order = threading.Event(), []
+    order = []
 
-    def first(path, stop, waiting):
+    def making_way(path, stop, waiting, release):
         order.append(path)
         waiting()  # only the store's part is left: the next file may start
         release.wait(10)
         return path
 
-    def second(path, stop, waiting):
+    def holding(path, stop, waiting, release):  # never makes way
         order.append(path)
-        return path
-
-    threads = [threading.Thread(target=turns.run, args=(first, "a"))]
-    threads[0].start()
-    while not order:
-        time.sleep(0.01)
-    assert turns.run(second, "b") == "b"  # while "a" still waits on its store
-    assert order == ["a", "b"]
-    release.set()
-    threads[0].join(10)
-
-    def holding(path, stop, waiting):  # never makes way
-        order.append(path)
-        release.clear()
         release.wait(10)
         return path
 
-    threads = [threading.Thread(target=turns.run, args=(holding, "c"))]
-    threads[0].start()
-    while order[-1] != "c":
-        time.sleep(0.01)
-    stop.set()
-    start = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        turns.run(second, "d")  # waited for a turn, then stopped
-    assert time.monotonic() - start < 2 and order[-1] == "c"
+    def quick(path, stop, waiting):
+        order.append(path)
+        return path
+
+    def in_thread(job, path):
+        release = threading.Event()
+        thread = threading.Thread(target=turns.run, args=(functools.partial(job, release=release), path))
+        thread.start()
+        while path not in order:
+            time.sleep(0.01)
+        return thread, release
+
+    thread, release = in_thread(making_way, "a")
+    assert turns.run(quick, "b") == "b"  # while "a" still waits on its store
     release.set()
-    threads[0].join(10)
+    thread.join(10)
+
+    thread, release = in_thread(holding, "c")
+    waiter = threading.Thread(target=lambda: order.append(catch(turns.run, quick, "d")))
+    waiter.start()
+    time.sleep(0.3)
+    assert order == ["a", "b", "c"]  # "d" waits for its turn
+    stop.set()
+    waiter.join(2)
+    assert not waiter.is_alive() and order[-1] == "KeyboardInterrupt"  # stopped while it waited
+    order.pop()
+    release.set()
+    thread.join(10)
+    # A turn given back by a file that stops is not taken by another once the run is asked to stop.
+    assert catch(turns.run, quick, "e") == "KeyboardInterrupt" and order == ["a", "b", "c"]
+
+
+def catch(call, *args):
+    try:
+        return call(*args)
+    except KeyboardInterrupt:
+        return "KeyboardInterrupt"

@@ -312,10 +312,13 @@ class InterpolatingEngine:
         for axis in self.before:
             plane[axis - 1] = self.shape[axis]
         self.plane = tuple(plane)  # the first axis's rows as its matrix takes them
-        self.scratch = _Scratch(self.ftype) if reuse else None
+        self.scratch = _Scratch(self.ftype, reuse)
         self.tiny = TINY if flush_tiny else 0.0
         first = self.operators[0]
-        self.window = _Window(first, math.prod(plane), self.ftype, self._array) if first is not None else None
+        # (the scratch's own method, not the engine's: no cycle keeps the buffers once the engine goes)
+        self.window = (
+            _Window(first, math.prod(plane), self.ftype, self.scratch.get) if first is not None else None
+        )
         self.slab_values = slab_values
         self.check_finite = check_finite and self.dtype.kind == "f"
         self.low: np.generic | None = None
@@ -415,8 +418,6 @@ class InterpolatingEngine:
 
     def _array(self, name: str, shape: Sequence[int], dtype: npt.DTypeLike | None = None) -> np.ndarray:
         """Return a new array (by default of the computation type), or with `reuse` the one kept as `name`."""
-        if self.scratch is None:
-            return np.empty(shape, dtype=self.ftype if dtype is None else dtype)
         return self.scratch.get(name, shape, dtype)
 
     def finish(self) -> Iterator[Slab]:
@@ -650,15 +651,21 @@ def gather(
 
 
 class _Scratch:
-    """Buffers kept by name, each grown as needed and handed out as views of its start."""
+    """Buffers kept by name, each grown as needed and handed out as views of its start.
 
-    def __init__(self, dtype: np.dtype):
+    Without `reuse`, a new array each time.
+    """
+
+    def __init__(self, dtype: np.dtype, reuse: bool = True):
         self.dtype = dtype  # unless asked for another
+        self.reuse = reuse
         self.buffers: dict[str, np.ndarray] = {}
 
     def get(self, name: str, shape: Sequence[int], dtype: npt.DTypeLike | None = None) -> np.ndarray:
         size = math.prod(shape)
         dtype = self.dtype if dtype is None else np.dtype(dtype)
+        if not self.reuse:
+            return np.empty(shape, dtype=dtype)
         buffer = self.buffers.get(name)
         if buffer is None or buffer.size < size or buffer.dtype != dtype:
             buffer = self.buffers[name] = np.empty(size, dtype=dtype)

@@ -584,7 +584,8 @@ class SlabWriter:
     """Write a NIfTI volume to `path` a slab of slices at a time, gzip-compressed, atomically.
 
     Use it as a context manager: the file appears under its final name only once the block ends without
-    error and every voxel was written; otherwise nothing is left behind. The compressed bytes do not
+    error and every voxel was written (with `deferred`, only once :meth:`commit` is called after that);
+    otherwise nothing is left behind. The compressed bytes do not
     depend on how the voxels are cut into slabs nor on the number of threads: the stream is cut into
     blocks of 1 MiB counted from the first voxel (the header is a block of its own unless header and
     voxels fit in one), and each block is compressed primed with the 32 KiB before it.
@@ -605,6 +606,10 @@ class SlabWriter:
     waiting : callable, optional
         For a URL: called once everything is compressed, before the store takes the last bytes and
         makes the object appear (see :meth:`Storage.upload`).
+    deferred : bool
+        The block's end compresses the last voxels, and leaves the rest (the rename, or the store's
+        part of the upload) to :meth:`commit`, so that the caller can first let go of what it holds;
+        or to :meth:`abandon`, which leaves nothing behind.
     """
 
     def __init__(
@@ -615,9 +620,10 @@ class SlabWriter:
         wait: bool = False,
         storage: Storage = LOCAL,
         waiting: Callable[[], None] | None = None,
+        deferred: bool = False,
     ):
         self.path = path
-        self.storage, self.waiting = storage, waiting
+        self.storage, self.waiting, self.deferred = storage, waiting, deferred
         self.header = header.copy()
         self.header["vox_offset"] = 0  # nibabel places the data right after the header and extensions
         self.dtype = self.header.get_data_dtype()
@@ -629,19 +635,25 @@ class SlabWriter:
 
     def __enter__(self) -> SlabWriter:
         self._file = self._open()
-        self.gz = next(self._file)
+        gz = next(self._file)
+        assert gz is not None
+        self.gz = gz
         return self
 
-    def _open(self) -> Generator[BinaryIO, None, None]:
-        """Open the temporary file and its compressor, and write the header; rename on success."""
-        with (
-            self.storage.upload(self.path, self.waiting) as raw,
-            _compressor(raw, self.threads) as gz,
-        ):
-            head = io.BytesIO()  # nibabel writes extensions with tell(), which the threaded writer lacks
-            self.header.write_to(head)
-            gz.write(head.getbuffer())
-            yield gz
+    def _open(self) -> Generator[BinaryIO | None, None, None]:
+        """Open the temporary file and its compressor, and write the header; rename on success.
+
+        Yields the compressor; then, once it is closed, None: the rename (or the upload's end) is the
+        next step's.
+        """
+        with self.storage.upload(self.path, self.waiting) as raw:
+            with _compressor(raw, self.threads) as gz:
+                head = io.BytesIO()  # nibabel writes extensions with tell(), which the threaded writer lacks
+                self.header.write_to(head)
+                gz.write(head.getbuffer())
+                yield gz
+            del gz  # its buffers go before the end, which may wait on the store
+            yield None
 
     def write(self, block: np.ndarray) -> None:
         """Append the next slab: C-ordered ``Z, Y, X`` voxels (converted to the header's type)."""
@@ -678,14 +690,15 @@ class SlabWriter:
                     )
                 if self.pending:
                     self.gz.write(self.pending)
+                    self.pending = bytearray()
             except BaseException as err:
                 error = err
         if error is None:
-            try:
-                next(self._file)  # closes the compressor and renames the file
-            except StopIteration:
-                return False
-            raise RuntimeError("the writer did not stop")  # pragma: no cover
+            next(self._file)  # closes the compressor
+            del self.gz
+            if not self.deferred:
+                self.commit()
+            return False
         try:
             self._file.throw(error)  # closes both, deletes the temporary file, raises `error` again
         except StopIteration:
@@ -695,6 +708,21 @@ class SlabWriter:
                 raise
             return False  # the caller's own exception propagates
         raise RuntimeError("the writer swallowed an error")  # pragma: no cover
+
+    def commit(self) -> None:
+        """Rename the file, or end its upload: only now does the output appear (after a `deferred` block).
+
+        Raises what the rename or the store raises, and then leaves nothing behind.
+        """
+        try:
+            next(self._file)
+        except StopIteration:
+            return
+        raise RuntimeError("the writer did not stop")  # pragma: no cover
+
+    def abandon(self) -> None:
+        """Throw away a `deferred` output that was not committed (nothing if it was, or if it failed)."""
+        self._file.close()  # GeneratorExit where it waits: the temporary file or the upload goes
 
 
 def _compressor(raw: BinaryIO, threads: int) -> BinaryIO:

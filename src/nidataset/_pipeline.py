@@ -100,9 +100,11 @@ def resample_file(
         KeyboardInterrupt, as an interrupt would, leaving no output: how a thread pool's files are
         interrupted (only the main thread takes Ctrl-C). A request to the store under way ends first.
     waiting : callable, optional
-        For an output in a bucket: called once, from the calling thread, when all that is left of the
-        call is the store's part of its last upload (the preview's, if one is drawn), which takes the
-        last bytes and makes the object appear. A Dask task gives its worker's thread back then.
+        For an output in a bucket: called at most once, from the calling thread, when all that is left
+        of the call is the store's part of its last upload (the preview's, if one is drawn), which
+        takes the last bytes and makes the object appear. The input is closed by then, and only the
+        compressed output is held. A Dask task gives its worker's thread back then. Not called for an
+        output kept by `skip_existing`, nor by a call that fails before that point.
 
     Returns
     -------
@@ -132,16 +134,26 @@ def resample_file(
         if not is_url(target):  # a bucket has no folders to make, and its keys' lengths are its own
             _check_name_length(target)
             made = _make_folder(folder)
+        taps = _Taps(source, header) if options.preview else None
+        last = None if taps is not None else waiting  # else the preview's upload comes last
+        run = _Run(source, header, target, options, threads, slab_values, taps, storage, stop, last)
         try:
-            taps = _Taps(source, header) if options.preview else None
             with one_blas_thread():
-                last = None if taps is not None else waiting  # else the preview's upload comes last
-                _Run(source, header, target, options, threads, slab_values, taps, storage, stop, last).go()
+                run.go()
         except BaseException as err:
+            if run.written is not None:
+                run.written.abandon()
             _remove_empty(made)  # a failed file leaves no folder of its own behind
             if isinstance(err, MemoryError):
                 raise MemoryError(_out_of_memory(source, shape, options, slab_values)) from err
             raise
+    # The input is closed and the arrays are gone: all this file holds while the rename is made, or
+    # while the store takes the output (which may be waited for), is the compressed output.
+    try:
+        run.commit()
+    except BaseException:
+        _remove_empty(made)
+        raise
     logger.info("resampled %s %s -> %s %s", path, source.shape, target, shape)
     if taps is not None:
         _draw(path, target, taps.original, taps.resampled, picture, storage, waiting)
@@ -231,12 +243,14 @@ class _Run:
         self.source, self.header, self.target, self.options = source, header, target, options
         self.threads, self.slab_values, self.taps = threads, slab_values, taps
         self.storage, self.stop, self.waiting = storage, stop, waiting
+        self.written: _nifti.SlabWriter | None = None  # the output, compressed, until it is committed
         self.in_shape = source.stored_shape
         x, y, z = (int(n) for n in header.get_data_shape()[:3])
         self.out_shape = (z, y, x)
         self.dtype = source.dtype.newbyteorder("=")
 
     def go(self) -> None:
+        """Compute and compress the output; :meth:`commit` then makes it appear."""
         order = self.options.order
         if order is None or order == 0:
             self._stream_both()
@@ -244,6 +258,12 @@ class _Run:
             self._hold_output()
         else:
             self._hold_input()
+
+    def commit(self) -> None:
+        """Make the output written by :meth:`go` appear (a rename, or the end of its upload)."""
+        if self.written is None:
+            raise RuntimeError(f"no output of '{self.target}' was written")  # pragma: no cover
+        self.written.commit()
 
     # --- the three ways through -------------------------------------------------------------------------
 
@@ -386,16 +406,21 @@ class _Run:
         return _read_ahead(self.source, rows) if ahead else _read_here(self.source, rows)
 
     def _writer(self, busy: int) -> _nifti.SlabWriter:
-        """Open the output's writer, compressing on the threads the `busy` others leave (at least one)."""
+        """Make the output's writer, compressing on the threads the `busy` others leave (at least one).
+
+        Its block's end leaves the output compressed but not yet in place: :meth:`commit` puts it there.
+        """
         compress = max(1, self.threads - busy)
-        return _nifti.SlabWriter(
+        self.written = _nifti.SlabWriter(
             self.target,
             self.header,
             threads=compress,
             wait=self.threads == 1,
             storage=self.storage,
             waiting=self.waiting,
+            deferred=True,
         )
+        return self.written
 
     def _go_on(self) -> None:
         """Raise KeyboardInterrupt if the caller has asked this call to stop."""

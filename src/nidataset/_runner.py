@@ -171,18 +171,37 @@ def is_dask(executor: Executor | None) -> bool:
 
 
 def _leave_thread_pool() -> None:
-    """Give this task's thread back to its Dask worker, which starts its next task at once.
+    """Give this task's thread back to its Dask worker, which may start its next task at once.
 
-    The task goes on outside the pool and ends as usual (Dask's "long-running" tasks: a worker of one
-    thread then runs two tasks for as long as this one waits). Nothing is given back where the call
-    does not run in a worker's task thread.
+    The task goes on outside the pool and ends as usual (one of Dask's "long-running" tasks), holding
+    its compressed output only. It keeps its thread where the worker already has as many tasks out of
+    its pool as it has threads (so a worker of N threads has at most about N files computing and N
+    waiting on the store); with fsspec before 2026.6, which makes a client of the store per thread
+    (the next task would run on a new thread, and make one: a third of a CPU-second); and where the
+    call does not run in a worker's task thread.
     """
     try:
-        from distributed import secede
+        import fsspec
+        from distributed import get_worker, secede
 
+        if _version(fsspec.__version__) < (2026, 6):
+            return
+        state = get_worker().state
+        if len(state.long_running) >= state.nthreads:
+            return
         secede()
     except Exception as err:  # not a worker's task thread (get_worker raises ValueError)
         logger.debug("this task keeps its thread: %s", err)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """Return the leading numbers of a version: ``"2026.6.0+g1"`` -> (2026, 6); () if there are none."""
+    numbers = []
+    for part in text.split("."):
+        if not part.isdigit():
+            break
+        numbers.append(int(part))
+    return tuple(numbers)
 
 
 def case_folder(path: str) -> str:
@@ -338,6 +357,9 @@ class _Turns:
         while not self.free.acquire(timeout=0.1):
             if self.stop.is_set():
                 raise KeyboardInterrupt
+        if self.stop.is_set():  # the turn of a file that stopped: this one does not start either
+            self.free.release()
+            raise KeyboardInterrupt
         held = True
 
         def give_back() -> None:  # called by this file's own thread only
