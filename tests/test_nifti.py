@@ -158,3 +158,35 @@ def test_slabs_are_decompressed_without_a_large_temporary(tmp_path, rng):
     # What remains is the decompressors' state (about 0.6 MiB), not a slab's 2 MiB.
     assert peak_allocation(read_all) < 1 << 20
     np.testing.assert_array_equal(np.concatenate(sums), data.astype(np.int64).sum(axis=(0, 1)))
+
+
+def test_a_deferred_writer_appears_only_once_committed_and_can_be_thrown_away(tmp_path):
+    from nidataset._nifti import SlabWriter
+
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.int16)
+    header.set_data_shape((4, 3, 2))
+    data = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    kept, thrown = tmp_path / "kept.nii.gz", tmp_path / "thrown.nii.gz"
+    with SlabWriter(str(kept), header, deferred=True) as writer:
+        writer.write(data)
+    assert not kept.exists()  # compressed, not yet in place
+    writer.commit()
+    assert np.array_equal(np.asarray(nib.load(kept).dataobj).T, data)
+    with pytest.raises(RuntimeError, match="no output waiting"):
+        writer.commit()  # once only
+    with SlabWriter(str(thrown), header, deferred=True) as other:
+        other.write(data)
+    other.abandon()
+    assert sorted(os.listdir(tmp_path)) == ["kept.nii.gz"]  # no temporary file either
+    with pytest.raises(RuntimeError, match="no output waiting"):
+        other.commit()
+    with (
+        pytest.raises(ValueError, match="voxel bytes"),
+        SlabWriter(str(thrown), header, deferred=True) as failed,
+    ):
+        failed.write(data[:1])
+    with pytest.raises(RuntimeError, match="no output waiting"):
+        failed.commit()  # a block that failed left nothing to commit
+    SlabWriter(str(thrown), header, deferred=True).abandon()  # never opened: nothing to do
+    assert sorted(os.listdir(tmp_path)) == ["kept.nii.gz"]

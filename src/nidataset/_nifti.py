@@ -632,6 +632,8 @@ class SlabWriter:
         self.wait = wait
         self.pending = bytearray()  # the start of the next block
         self.written = 0
+        self._file: Generator[BinaryIO | None, None, None] | None = None
+        self.compressed = False  # the block ended well: commit() is next
 
     def __enter__(self) -> SlabWriter:
         self._file = self._open()
@@ -682,6 +684,8 @@ class SlabWriter:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> Literal[False]:
+        file = self._file
+        assert file is not None  # entered
         if error is None:
             try:
                 if self.written != self.expected:
@@ -694,13 +698,14 @@ class SlabWriter:
             except BaseException as err:
                 error = err
         if error is None:
-            next(self._file)  # closes the compressor
+            next(file)  # closes the compressor
             del self.gz
+            self.compressed = True
             if not self.deferred:
                 self.commit()
             return False
         try:
-            self._file.throw(error)  # closes both, deletes the temporary file, raises `error` again
+            file.throw(error)  # closes both, deletes the temporary file, raises `error` again
         except StopIteration:
             return False
         except BaseException as raised:
@@ -712,8 +717,12 @@ class SlabWriter:
     def commit(self) -> None:
         """Rename the file, or end its upload: only now does the output appear (after a `deferred` block).
 
-        Raises what the rename or the store raises, and then leaves nothing behind.
+        Raises what the rename or the store raises, and then leaves nothing behind; RuntimeError if
+        the block did not end well, or the output is already committed.
         """
+        if not self.compressed or self._file is None:
+            raise RuntimeError(f"'{self.path}' has no output waiting to be committed")
+        self.compressed = False
         try:
             next(self._file)
         except StopIteration:
@@ -722,7 +731,9 @@ class SlabWriter:
 
     def abandon(self) -> None:
         """Throw away a `deferred` output that was not committed (nothing if it was, or if it failed)."""
-        self._file.close()  # GeneratorExit where it waits: the temporary file or the upload goes
+        self.compressed = False
+        if self._file is not None:
+            self._file.close()  # GeneratorExit where it waits: the temporary file or the upload goes
 
 
 def _compressor(raw: BinaryIO, threads: int) -> BinaryIO:

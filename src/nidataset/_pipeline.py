@@ -128,31 +128,29 @@ def resample_file(
     picture = join(folder, _nifti.preview_name(path))
     if skip_existing and _kept(path, target, picture, shape, options, storage):
         return target
-    made = []
-    with _nifti.opened_volume(path, storage) as source:  # held open: its voxels come from the same opening
-        header = _nifti.output_header(source, shape, align=options.align)
-        if not is_url(target):  # a bucket has no folders to make, and its keys' lengths are its own
-            _check_name_length(target)
-            made = _make_folder(folder)
-        taps = _Taps(source, header) if options.preview else None
-        last = None if taps is not None else waiting  # else the preview's upload comes last
-        run = _Run(source, header, target, options, threads, slab_values, taps, storage, stop, last)
-        try:
+    made: list[str] = []
+    source: _nifti.Source | None = None
+    run: _Run | None = None
+    try:
+        with _nifti.opened_volume(path, storage) as source:  # held open: its voxels come from this opening
+            header = _nifti.output_header(source, shape, align=options.align)
+            if not is_url(target):  # a bucket has no folders to make, and its keys' lengths are its own
+                _check_name_length(target)
+                made = _make_folder(folder)
+            taps = _Taps(source, header) if options.preview else None
+            last = None if taps is not None else waiting  # else the preview's upload comes last
+            run = _Run(source, header, target, options, threads, slab_values, taps, storage, stop, last)
             with one_blas_thread():
                 run.go()
-        except BaseException as err:
-            if run.written is not None:
-                run.written.abandon()
-            _remove_empty(made)  # a failed file leaves no folder of its own behind
-            if isinstance(err, MemoryError):
-                raise MemoryError(_out_of_memory(source, shape, options, slab_values)) from err
-            raise
-    # The input is closed and the arrays are gone: all this file holds while the rename is made, or
-    # while the store takes the output (which may be waited for), is the compressed output.
-    try:
+        # The input is closed and the arrays are gone: all this file holds while the rename is made, or
+        # while the store takes the output (which may be waited for), is the compressed output.
         run.commit()
-    except BaseException:
-        _remove_empty(made)
+    except BaseException as err:
+        if run is not None:
+            run.abandon()  # nothing if the output was committed, or went with an error
+        _remove_empty(made)  # a failed file leaves no folder of its own behind
+        if isinstance(err, MemoryError) and source is not None:
+            raise MemoryError(_out_of_memory(source, shape, options, slab_values)) from err
         raise
     logger.info("resampled %s %s -> %s %s", path, source.shape, target, shape)
     if taps is not None:
@@ -264,6 +262,11 @@ class _Run:
         if self.written is None:
             raise RuntimeError(f"no output of '{self.target}' was written")  # pragma: no cover
         self.written.commit()
+
+    def abandon(self) -> None:
+        """Throw away an output that is not committed (nothing if there is none)."""
+        if self.written is not None:
+            self.written.abandon()
 
     # --- the three ways through -------------------------------------------------------------------------
 

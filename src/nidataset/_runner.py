@@ -256,11 +256,11 @@ def run(
     """Apply `job` to every input, going on past failures.
 
     With ``workers > 1`` the inputs run on a local process pool of that size (`job` must then be
-    picklable), or on threads of this process if `in_threads`: `workers` of them compute at once, and
-    as many more may be waiting on the store to take their outputs (`job` then takes a ``stop=`` event,
-    set when the run is interrupted, and a ``waiting=`` callable, :class:`_Turns`); with an `executor`
-    they run on it; otherwise one after the other in this process. The progress bar advances as inputs
-    finish, in whatever order they finish.
+    picklable), or on threads of this process if `in_threads`: `workers` of them compute at once,
+    among at most twice as many, the others waiting on the store to take their outputs (`job` then
+    takes a ``stop=`` event, set when the run is interrupted, and a ``waiting=`` callable,
+    :class:`_Turns`); with an `executor` they run on it; otherwise one after the other in this
+    process. The progress bar advances as inputs finish, in whatever order they finish.
 
     Returns the outputs in input order. If any input failed, raises :class:`DatasetError` once all the
     others are done, naming each failed input and its reason.

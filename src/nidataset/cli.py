@@ -105,8 +105,8 @@ def _get_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=1,
         metavar="N",
-        help="files computed at once: local processes, threads for URLs (1; with URLs, as many more "
-        "may be ending their uploads)",
+        help="files computed at once: local processes, threads for URLs (1; with URLs, twice as many "
+        "may be under way, the others ending their uploads)",
     )
     resample.add_argument(
         "--threads",

@@ -239,8 +239,9 @@ def resampling_dataset(
         Number of files resampled at once, each on one core: by local processes, or by threads of this
         process when the inputs or the outputs are URLs (they then share the store's client, with
         fsspec 2026.6 or later; before, fsspec makes one per thread). With URLs, a file whose output
-        only waits on the store makes way for the next: up to `workers` more files may be ending their
-        uploads, each holding its compressed output only.
+        only waits on the store makes way for the next: `workers` files compute at once, and at most
+        twice as many are under way (the others ending their uploads, each holding its compressed
+        output only).
     executor : concurrent.futures.Executor, optional
         Run the files on this executor instead, e.g. a ``ProcessPoolExecutor`` or a Dask cluster's
         ``distributed.Client(address).get_executor()`` (``pip install distributed``); its workers
