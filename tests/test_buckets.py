@@ -117,6 +117,18 @@ def upload(fs, local_folder, prefix):
         fs.put(os.path.join(local_folder, name), f"{prefix}/{name}")
 
 
+def scans_to_out(server, name, **kwargs):
+    """Resample ``s3://<name>/scans/`` to ``s3://<name>/out/`` at 15 x 14 x 10, with `kwargs`."""
+    return resampling_dataset(
+        f"s3://{name}/scans/",
+        f"s3://{name}/out/",
+        (15, 14, 10),
+        progress=False,
+        storage_options=server.options(),
+        **kwargs,
+    )
+
+
 def read(path):
     with open(path, "rb") as file:
         return file.read()
@@ -170,14 +182,7 @@ def test_workers_on_urls_are_threads_of_this_process(server, bucket, scans, monk
         return real(*args, **kwargs)
 
     monkeypatch.setattr(_runner, "resample_file", spy)
-    outputs = resampling_dataset(
-        f"s3://{name}/scans/",
-        f"s3://{name}/out/",
-        (15, 14, 10),
-        workers=2,
-        progress=False,
-        storage_options=server.options(),
-    )
+    outputs = scans_to_out(server, name, workers=2)
     assert len(outputs) == len(paths)
     assert len(running) == len(paths) and all(name.startswith("nidataset-file") for name in running)
 
@@ -421,13 +426,7 @@ def test_a_dataset_reads_each_object_by_one_get(server, bucket, scans, caplog):
     folder, paths = scans
     upload(fs, folder, f"{name}/scans")
     caplog.set_level(logging.INFO, logger="werkzeug")
-    outputs = resampling_dataset(
-        f"s3://{name}/scans/",
-        f"s3://{name}/out/",
-        (15, 14, 10),
-        progress=False,
-        storage_options=server.options(),
-    )
+    outputs = scans_to_out(server, name)
     asked = requests_logged(caplog)
     for path, url in zip(paths, outputs, strict=True):
         key = f"/{name}/scans/{os.path.basename(path)}"
@@ -830,14 +829,7 @@ def test_the_next_file_computes_while_the_store_takes_an_output(
 
     monkeypatch.setattr(_storage.Storage, "open_input", counting)
     monkeypatch.setattr(_storage.Storage, "upload", holding)
-    run = functools.partial(
-        resampling_dataset,
-        f"s3://{name}/scans/",
-        f"s3://{name}/out/",
-        (15, 14, 10),
-        progress=False,
-        storage_options=server.options(),
-    )
+    run = functools.partial(scans_to_out, server, name)
     if runner == "threads":
         outputs = run(workers=2)
     else:
@@ -898,14 +890,7 @@ def test_a_dask_worker_has_no_more_files_waiting_on_the_store_than_threads(
         ) as c,
         distributed.Client(c) as client,
     ):
-        outputs = resampling_dataset(
-            f"s3://{name}/scans/",
-            f"s3://{name}/out/",
-            (15, 14, 10),
-            executor=client.get_executor(),
-            progress=False,
-            storage_options=server.options(),
-        )
+        outputs = scans_to_out(server, name, executor=client.get_executor())
     assert len(outputs) == len(paths) == 3
     if old_fsspec():
         assert most[0] == 1
@@ -1138,14 +1123,7 @@ def test_a_dask_cluster_without_shared_storage_writes_the_local_bytes(server, bu
         distributed.Client(cluster) as client,
     ):
         with pytest.raises(DatasetError) as info:
-            resampling_dataset(
-                f"s3://{name}/scans/",
-                f"s3://{name}/out/",
-                (15, 14, 10),
-                executor=client.get_executor(),
-                progress=False,
-                storage_options=server.options(),
-            )
+            scans_to_out(server, name, executor=client.get_executor())
         folders = client.run(lambda dask_worker: dask_worker.local_directory)
     err = info.value
     assert [path for path, _ in err.failures] == [f"s3://{name}/scans/broken.nii.gz"]
