@@ -794,8 +794,11 @@ def test_the_next_file_computes_while_the_store_takes_an_output(
     server, bucket, scans, tmp_path, monkeypatch, runner
 ):
     # Every upload, once only the store's part of it is left, is held until a file beyond those that
-    # fill the run's places (2 threads; Dask: 1 worker of 1 thread) has been opened. Only a file that
-    # makes way while it waits lets that one start: otherwise each held upload waits out its patience.
+    # fill the run's places (2 threads; Dask: 1 worker of 1 thread) has started computing. Only a file
+    # that makes way while it waits lets that one compute: otherwise each held upload waits out its
+    # patience.
+    from nidataset import _pipeline
+
     if runner == "dask" and old_fsspec():
         pytest.skip("with fsspec before 2026.6 a Dask task keeps its thread (a client per thread)")
     name, fs = bucket
@@ -803,31 +806,31 @@ def test_the_next_file_computes_while_the_store_takes_an_output(
     upload(fs, folder, f"{name}/scans")
     local = resampling_dataset(folder, tmp_path / "local", (15, 14, 10), progress=False)
     places = 2 if runner == "threads" else 1
-    opened, later, held = set(), threading.Event(), []
+    started, later, held = set(), threading.Event(), []
     computing, most, lock = set(), [0], threading.Lock()
-    open_input, upload_to = _storage.Storage.open_input, _storage.Storage.upload
+    go, upload_to = _pipeline._Run.go, _storage.Storage.upload
 
-    def counting(self, path, *args, **kwargs):
+    def counting(self):
         with lock:
-            if path not in opened:  # a file starts: its case
-                computing.add(path.rsplit("/", 1)[1].removesuffix(".nii.gz"))
-                most[0] = max(most[0], len(computing))
-            opened.add(path)
-            if len(opened) > places:
+            started.add(self.target)
+            computing.add(self.target)
+            most[0] = max(most[0], len(computing))
+            if len(started) > places:
                 later.set()
-        return open_input(self, path, *args, **kwargs)
+        time.sleep(0.3)  # long enough for any other file allowed to compute to start too
+        return go(self)
 
     def holding(self, path, waiting=None):
         def then_hold():
             with lock:  # the file's computing is done
-                computing.discard(path.rsplit("/", 1)[1].removesuffix("_resampled.nii.gz"))
+                computing.discard(path)
             if waiting is not None:
                 waiting()
             held.append(later.wait(10))
 
         return upload_to(self, path, then_hold)
 
-    monkeypatch.setattr(_storage.Storage, "open_input", counting)
+    monkeypatch.setattr(_pipeline._Run, "go", counting)
     monkeypatch.setattr(_storage.Storage, "upload", holding)
     run = functools.partial(scans_to_out, server, name)
     if runner == "threads":
@@ -841,11 +844,39 @@ def test_the_next_file_computes_while_the_store_takes_an_output(
             distributed.Client(cluster) as client,
         ):
             outputs = run(executor=client.get_executor())
-    assert len(opened) == len(paths) == len(outputs) == len(held) == 3
+    assert len(started) == len(paths) == len(outputs) == len(held) == 3
     assert all(held), held  # no upload waited out its patience
     assert most[0] <= places  # never more files computing at once than the run's places
     for url, path in zip(outputs, local, strict=True):
         assert fs.cat(url) == read(path)
+
+
+def test_threads_open_the_next_inputs_while_others_compute(server, bucket, scans, monkeypatch):
+    # 2 threads compute at once; a third file opens its input (the store's first bytes) meanwhile: each
+    # computing file waits for that before it goes on. Taking turns before opening, it would wait out
+    # its patience.
+    from nidataset import _pipeline
+
+    name, fs = bucket
+    folder, _ = scans
+    upload(fs, folder, f"{name}/scans")
+    opened, third, went_on = set(), threading.Event(), []
+    open_input, go = _storage.Storage.open_input, _pipeline._Run.go
+
+    def counting(self, path, *args, **kwargs):
+        opened.add(path)
+        if len(opened) == 3:
+            third.set()
+        return open_input(self, path, *args, **kwargs)
+
+    def waiting_for_the_third(self):
+        went_on.append(third.wait(10))
+        return go(self)
+
+    monkeypatch.setattr(_storage.Storage, "open_input", counting)
+    monkeypatch.setattr(_pipeline._Run, "go", waiting_for_the_third)
+    outputs = scans_to_out(server, name, workers=2)
+    assert len(outputs) == 3 and all(went_on), went_on
 
 
 @pytest.mark.parametrize("fsspec_version", [None, "2025.3.2"])  # as installed; before fsspec 2026.6

@@ -238,20 +238,26 @@ def test_threads_take_turns_and_one_waiting_for_its_turn_stops_when_asked():
 
     stop = threading.Event()
     turns = _Turns(1, stop)
-    order = []
+    opened, order = [], []  # files past their opening; files that took their turn
 
-    def making_way(path, stop, waiting, release):
+    def making_way(path, stop, ready, waiting, release):
+        opened.append(path)
+        ready()
         order.append(path)
-        waiting()  # only the store's part is left: the next file may start
+        waiting()  # only the store's part is left: the next file may compute
         release.wait(10)
         return path
 
-    def holding(path, stop, waiting, release):  # never makes way
+    def holding(path, stop, ready, waiting, release):  # never makes way
+        opened.append(path)
+        ready()
         order.append(path)
         release.wait(10)
         return path
 
-    def quick(path, stop, waiting):
+    def quick(path, stop, ready, waiting):
+        opened.append(path)
+        ready()
         order.append(path)
         return path
 
@@ -259,8 +265,10 @@ def test_threads_take_turns_and_one_waiting_for_its_turn_stops_when_asked():
         release = threading.Event()
         thread = threading.Thread(target=turns.run, args=(functools.partial(job, release=release), path))
         thread.start()
-        while path not in order:
+        deadline = time.monotonic() + 10
+        while path not in order and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert path in order
         return thread, release
 
     thread, release = in_thread(making_way, "a")
@@ -272,7 +280,7 @@ def test_threads_take_turns_and_one_waiting_for_its_turn_stops_when_asked():
     waiter = threading.Thread(target=lambda: order.append(catch(turns.run, quick, "d")))
     waiter.start()
     time.sleep(0.3)
-    assert order == ["a", "b", "c"]  # "d" waits for its turn
+    assert opened == ["a", "b", "c", "d"] and order == ["a", "b", "c"]  # "d" opened, waits for its turn
     stop.set()
     waiter.join(2)
     assert not waiter.is_alive() and order[-1] == "KeyboardInterrupt"  # stopped while it waited
@@ -281,6 +289,7 @@ def test_threads_take_turns_and_one_waiting_for_its_turn_stops_when_asked():
     thread.join(10)
     # A turn given back by a file that stops is not taken by another once the run is asked to stop.
     assert catch(turns.run, quick, "e") == "KeyboardInterrupt" and order == ["a", "b", "c"]
+    assert turns.run(lambda path, stop, ready, waiting: path, "f") == "f"  # kept: never asks for a turn
 
 
 def catch(call, *args):

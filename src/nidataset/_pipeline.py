@@ -68,6 +68,7 @@ def resample_file(
     slab_values: int = SLAB_VALUES,
     storage: Storage = LOCAL,
     stop: threading.Event | None = None,
+    ready: Callable[[], None] | None = None,
     waiting: Callable[[], None] | None = None,
 ) -> str:
     """Resample the volume at `path` to `shape` voxels into ``folder/<PREFIX>_resampled.nii.gz``.
@@ -99,6 +100,10 @@ def resample_file(
         Once set, the call stops at its next slab (or the next few MiB of a volume read whole) by raising
         KeyboardInterrupt, as an interrupt would, leaving no output: how a thread pool's files are
         interrupted (only the main thread takes Ctrl-C). A request to the store under way ends first.
+    ready : callable, optional
+        Called at most once, from the calling thread, once the input is open and its header checked,
+        before the computation starts: a thread pool's file takes its turn to compute there, so that
+        the first bytes of a store's answer come while other files compute.
     waiting : callable, optional
         For an output in a bucket: called at most once, from the calling thread, when all that is left
         of the call is the store's part of its last upload (the preview's, if one is drawn), which
@@ -140,6 +145,8 @@ def resample_file(
             taps = _Taps(source, header) if options.preview else None
             last = None if taps is not None else waiting  # else the preview's upload comes last
             run = _Run(source, header, target, options, threads, slab_values, taps, storage, stop, last)
+            if ready is not None:
+                ready()
             with one_blas_thread():
                 run.go()
         # The input is closed and the arrays are gone: all this file holds while the rename is made, or

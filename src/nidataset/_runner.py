@@ -144,9 +144,13 @@ class DatasetJob:
         return join(self.folder(path), _nifti.output_name(path))
 
     def __call__(
-        self, path: str, stop: threading.Event | None = None, waiting: Callable[[], None] | None = None
+        self,
+        path: str,
+        stop: threading.Event | None = None,
+        ready: Callable[[], None] | None = None,
+        waiting: Callable[[], None] | None = None,
     ) -> str:
-        """Resample `path`; a thread pool may ask it to `stop`, and be told when it is `waiting`.
+        """Resample `path`; a thread pool may ask it to `stop`, and hear when it is `ready` or `waiting`.
 
         See :func:`resample_file`; on Dask, `waiting` gives the task's thread back to its worker.
         """
@@ -161,6 +165,7 @@ class DatasetJob:
             skip_existing=self.skip_existing,
             storage=self.storage,
             stop=stop,
+            ready=ready,
             waiting=waiting if waiting is not None or not self.on_dask else _leave_thread_pool,
         )
 
@@ -257,10 +262,11 @@ def run(
 
     With ``workers > 1`` the inputs run on a local process pool of that size (`job` must then be
     picklable), or on threads of this process if `in_threads`: `workers` of them compute at once,
-    among at most twice as many, the others waiting on the store to take their outputs (`job` then
-    takes a ``stop=`` event, set when the run is interrupted, and a ``waiting=`` callable,
-    :class:`_Turns`); with an `executor` they run on it; otherwise one after the other in this
-    process. The progress bar advances as inputs finish, in whatever order they finish.
+    among at most twice as many, the others opening their inputs or waiting on the store to take
+    their outputs (`job` then takes a ``stop=`` event, set when the run is interrupted, and ``ready=``
+    and ``waiting=`` callables, :class:`_Turns`); with an `executor` they run on it; otherwise one
+    after the other in this process. The progress bar advances as inputs finish, in whatever order
+    they finish.
 
     Returns the outputs in input order. If any input failed, raises :class:`DatasetError` once all the
     others are done, naming each failed input and its reason.
@@ -342,34 +348,39 @@ def _uninterrupted() -> Iterator[None]:
 
 
 class _Turns:
-    """Files of a thread pool taking turns: `count` compute at once; one waiting on its store makes way.
+    """Files of a thread pool taking turns: `count` compute at once; the others open or end.
 
-    A file takes a turn to start, and gives it back when all that is left of it is the store's part of
-    its last upload (the `waiting` of :func:`resample_file`) or when it ends: while the store takes
-    one file's output, the next one computes. A file waiting for its turn stops once `stop` is set.
+    A file takes a turn once its input is open (the `ready` of :func:`resample_file`: a store's first
+    bytes come while other files compute), and gives it back when all that is left of it is the
+    store's part of its last upload (the `waiting`), or when it ends: while the store takes one file's
+    output, the next one computes. A file waiting for its turn stops once `stop` is set.
     """
 
     def __init__(self, count: int, stop: threading.Event):
         self.free, self.stop = threading.Semaphore(count), stop
 
     def run(self, job: Callable[..., str], path: str) -> str:
-        """Return ``job(path, stop=..., waiting=...)``, run in turn."""
-        while not self.free.acquire(timeout=0.1):
-            if self.stop.is_set():
-                raise KeyboardInterrupt
-        if self.stop.is_set():  # the turn of a file that stopped: this one does not start either
-            self.free.release()
-            raise KeyboardInterrupt
-        held = True
+        """Return ``job(path, stop=..., ready=..., waiting=...)``, computing in turn."""
+        held = False  # called by this file's own thread only
 
-        def give_back() -> None:  # called by this file's own thread only
+        def take() -> None:
+            nonlocal held
+            while not self.free.acquire(timeout=0.1):
+                if self.stop.is_set():
+                    raise KeyboardInterrupt
+            held = True
+            if self.stop.is_set():  # the turn of a file that stopped: this one does not go on either
+                give_back()
+                raise KeyboardInterrupt
+
+        def give_back() -> None:
             nonlocal held
             if held:
                 held = False
                 self.free.release()
 
         try:
-            return job(path, stop=self.stop, waiting=give_back)
+            return job(path, stop=self.stop, ready=take, waiting=give_back)
         finally:
             give_back()
 

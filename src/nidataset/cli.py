@@ -106,7 +106,7 @@ def _get_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="files computed at once: local processes, threads for URLs (1; with URLs, twice as many "
-        "may be under way, the others ending their uploads)",
+        "may be under way, the others opening inputs or ending uploads)",
     )
     resample.add_argument(
         "--threads",

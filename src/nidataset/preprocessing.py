@@ -240,8 +240,8 @@ def resampling_dataset(
         process when the inputs or the outputs are URLs (they then share the store's client, with
         fsspec 2026.6 or later; before, fsspec makes one per thread). With URLs, a file whose output
         only waits on the store makes way for the next: `workers` files compute at once, and at most
-        twice as many are under way (the others ending their uploads, each holding its compressed
-        output only).
+        twice as many are under way (the others opening their inputs, or ending their uploads with
+        their compressed outputs only).
     executor : concurrent.futures.Executor, optional
         Run the files on this executor instead, e.g. a ``ProcessPoolExecutor`` or a Dask cluster's
         ``distributed.Client(address).get_executor()`` (``pip install distributed``); its workers
