@@ -262,7 +262,7 @@ def run(
 
     With ``workers > 1`` the inputs run on a local process pool of that size (`job` must then be
     picklable), or on threads of this process if `in_threads`: `workers` of them compute at once,
-    among at most twice as many, the others opening their inputs or waiting on the store to take
+    among at most three times as many, the others opening their inputs or waiting on the store to take
     their outputs (`job` then takes a ``stop=`` event, set when the run is interrupted, and ``ready=``
     and ``waiting=`` callables, :class:`_Turns`); with an `executor` they run on it; otherwise one
     after the other in this process. The progress bar advances as inputs finish, in whatever order
@@ -297,7 +297,9 @@ def run(
         if executor is not None:
             pool, task = executor, job
         elif in_threads:
-            pool = ThreadPoolExecutor(2 * size, thread_name_prefix="nidataset-file")
+            # As many again opening their inputs, and as many ending their uploads: against a store far
+            # away, 2 x size threads spend their time on the opening and the upload ahead of the turns.
+            pool = ThreadPoolExecutor(3 * size, thread_name_prefix="nidataset-file")
             task = functools.partial(_Turns(size, stop).run, job)
         else:
             pool = ProcessPoolExecutor(size, initializer=_start_pool_process, initargs=(os.getpid(),))

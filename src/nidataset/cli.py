@@ -105,8 +105,8 @@ def _get_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=1,
         metavar="N",
-        help="files computed at once: local processes, threads for URLs (1; with URLs, twice as many "
-        "may be under way, the others opening inputs or ending uploads)",
+        help="files computed at once: local processes, threads for URLs (1; with URLs, three times as "
+        "many may be under way, the others opening inputs or ending uploads)",
     )
     resample.add_argument(
         "--threads",

@@ -240,7 +240,7 @@ def resampling_dataset(
         process when the inputs or the outputs are URLs (they then share the store's client, with
         fsspec 2026.6 or later; before, fsspec makes one per thread). With URLs, a file whose output
         only waits on the store makes way for the next: `workers` files compute at once, and at most
-        twice as many are under way (the others opening their inputs, or ending their uploads with
+        three times as many are under way (the others opening their inputs, or ending their uploads with
         their compressed outputs only).
     executor : concurrent.futures.Executor, optional
         Run the files on this executor instead, e.g. a ``ProcessPoolExecutor`` or a Dask cluster's
@@ -333,7 +333,7 @@ def resampling_dataset(
             raise ValueError("give workers or executor, not both")
     side_by_side = workers > 1 or executor is not None
     threads = _options.resolve_threads(threads) if threads is not None or not side_by_side else 1
-    storage = Storage.of(storage_options, files=2 * workers)  # for a bucket, half of them uploading
+    storage = Storage.of(storage_options, files=3 * workers)  # in a bucket: opening, computing, ending
     source = _path("nii_folder", nii_folder)
     inputs = _runner.list_inputs(source, _nifti.SUFFIX, storage)
     folder = _check_output_folder(output_path, storage)
