@@ -1372,3 +1372,25 @@ def test_a_server_that_stops_mid_run_fails_the_rest_by_url_and_the_rerun_complet
     for i, path in enumerate(local):
         assert fs.cat(f"{name}/out/s{i}/s{i}_resampled.nii.gz") == read(path)
     assert not unfinished_uploads(fs, name)
+
+
+def test_a_kept_output_takes_its_turn_only_to_draw_its_missing_preview(volume):
+    import fsspec
+
+    from nidataset._options import Options
+    from nidataset._runner import DatasetJob
+
+    store = fsspec.filesystem("memory")
+    path, _ = volume
+    store.put(path, "memory://kept/in/v.nii.gz")
+    job = DatasetJob("memory://kept/out", "case", (10, 15, 9), Options(preview=True), 1, skip_existing=True)
+    turns = []
+    try:
+        job("memory://kept/in/v.nii.gz", ready=lambda: turns.append("first run"))
+        job("memory://kept/in/v.nii.gz", ready=lambda: turns.append("kept, with its preview"))
+        store.rm("memory://kept/out/v/v_preview.png")
+        job("memory://kept/in/v.nii.gz", ready=lambda: turns.append("kept, its preview drawn"))
+        assert turns == ["first run", "kept, its preview drawn"]
+        assert store.exists("memory://kept/out/v/v_preview.png")
+    finally:
+        store.rm("memory://kept", recursive=True)

@@ -102,8 +102,9 @@ def resample_file(
         interrupted (only the main thread takes Ctrl-C). A request to the store under way ends first.
     ready : callable, optional
         Called at most once, from the calling thread, once the input is open and its header checked,
-        before the computation starts: a thread pool's file takes its turn to compute there, so that
-        the first bytes of a store's answer come while other files compute.
+        before the computation starts (for an output kept by `skip_existing`, only before its missing
+        preview is drawn; not by a call that fails before): a thread pool's file takes its turn to
+        compute there, so that the first bytes of a store's answer come while other files compute.
     waiting : callable, optional
         For an output in a bucket: called at most once, from the calling thread, when all that is left
         of the call is the store's part of its last upload (the preview's, if one is drawn), which
@@ -131,7 +132,7 @@ def resample_file(
     """
     target = join(folder, _nifti.output_name(path))
     picture = join(folder, _nifti.preview_name(path))
-    if skip_existing and _kept(path, target, picture, shape, options, storage):
+    if skip_existing and _kept(path, target, picture, shape, options, storage, ready):
         return target
     made: list[str] = []
     source: _nifti.Source | None = None
@@ -166,9 +167,17 @@ def resample_file(
 
 
 def _kept(
-    path: str, target: str, picture: str, shape: tuple[int, int, int], options: Options, storage: Storage
+    path: str,
+    target: str,
+    picture: str,
+    shape: tuple[int, int, int],
+    options: Options,
+    storage: Storage,
+    ready: Callable[[], None] | None,
 ) -> bool:
     """Whether the existing output `target` is kept (drawing its missing preview), by headers alone.
+
+    Drawing a missing preview reads both volumes whole: it is computation, done once `ready` returns.
 
     The output is looked for first: where there is none, the input is opened once, for the run. So an
     output store that refuses to answer is reported before a broken input.
@@ -183,6 +192,8 @@ def _kept(
         return False
     logger.info("kept %s", target)
     if options.preview and not storage.is_file(picture):
+        if ready is not None:
+            ready()
         original = _nifti.read_mid_planes(path, storage)
         _draw(path, target, original, _nifti.read_mid_planes(target, storage), picture, storage, None)
     return True

@@ -367,6 +367,8 @@ class _Turns:
 
         def take() -> None:
             nonlocal held
+            if held:
+                return
             while not self.free.acquire(timeout=0.1):
                 if self.stop.is_set():
                     raise KeyboardInterrupt
