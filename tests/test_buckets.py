@@ -930,11 +930,7 @@ def test_a_dask_worker_has_no_more_files_waiting_on_the_store_than_threads(
 
 
 def old_fsspec():
-    import fsspec
-
-    from nidataset._runner import _version
-
-    return _version(fsspec.__version__) < (2026, 6)
+    return not _storage.clients_shared_by_threads()
 
 
 def test_an_output_is_thrown_away_at_once_when_closing_its_input_fails(volume, tmp_path, monkeypatch):

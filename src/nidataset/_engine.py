@@ -662,10 +662,10 @@ class _Scratch:
         self.buffers: dict[str, np.ndarray] = {}
 
     def get(self, name: str, shape: Sequence[int], dtype: npt.DTypeLike | None = None) -> np.ndarray:
-        size = math.prod(shape)
         dtype = self.dtype if dtype is None else np.dtype(dtype)
         if not self.reuse:
             return np.empty(shape, dtype=dtype)
+        size = math.prod(shape)
         buffer = self.buffers.get(name)
         if buffer is None or buffer.size < size or buffer.dtype != dtype:
             buffer = self.buffers[name] = np.empty(size, dtype=dtype)

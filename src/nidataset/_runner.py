@@ -26,7 +26,7 @@ from typing import Any
 from . import _nifti
 from ._options import Options, check_input_file
 from ._pipeline import resample_file
-from ._storage import LOCAL, Storage, is_url, join
+from ._storage import LOCAL, Storage, clients_shared_by_threads, is_url, join
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class DatasetJob:
             storage=self.storage,
             stop=stop,
             ready=ready,
-            waiting=waiting if waiting is not None or not self.on_dask else _leave_thread_pool,
+            waiting=waiting or (_leave_thread_pool if self.on_dask else None),
         )
 
 
@@ -185,28 +185,17 @@ def _leave_thread_pool() -> None:
     (the next task would run on a new thread, and make one: a third of a CPU-second); and where the
     call does not run in a worker's task thread.
     """
+    if not clients_shared_by_threads():
+        return
     try:
-        import fsspec
         from distributed import get_worker, secede
 
-        if _version(fsspec.__version__) < (2026, 6):
-            return
         state = get_worker().state
         if len(state.long_running) >= state.nthreads:
             return
         secede()
     except Exception as err:  # not a worker's task thread (get_worker raises ValueError)
         logger.debug("this task keeps its thread: %s", err)
-
-
-def _version(text: str) -> tuple[int, ...]:
-    """Return the leading numbers of a version: ``"2026.6.0+g1"`` -> (2026, 6); () if there are none."""
-    numbers = []
-    for part in text.split("."):
-        if not part.isdigit():
-            break
-        numbers.append(int(part))
-    return tuple(numbers)
 
 
 def case_folder(path: str) -> str:
