@@ -141,6 +141,41 @@ def test_header_fields_and_extensions_kept(tmp_path):
     assert [e.get_content() for e in after.header.extensions] == [b"keep me"]
 
 
+@pytest.mark.parametrize("image_class", [nib.Nifti1Image, nib.Nifti2Image])
+def test_slice_timing_kept_only_where_the_slices_are(tmp_path, image_class):
+    """Slice timing follows the slice axis: kept when it keeps its size, cleared when it is resized."""
+    image = image_class(np.ones(OLD, np.float32), oblique())
+    image.header.set_dim_info(freq=0, phase=2, slice=1)
+    image.header.set_slice_duration(0.05)
+    image.header["slice_code"] = 3  # alternating, increasing
+    image.header["slice_start"], image.header["slice_end"] = 1, OLD[1] - 2
+    nib.save(image, tmp_path / "in.nii.gz")
+    times = image.header.get_slice_times()
+
+    (tmp_path / "in_plane").mkdir()
+    kept = nib.load(resampling(tmp_path / "in.nii.gz", tmp_path / "in_plane", (NEW[0], OLD[1], NEW[2])))
+    assert kept.header.get_slice_times() == times
+    assert kept.header.get_dim_info() == (0, 2, 1)
+
+    (tmp_path / "across").mkdir()
+    resized = nib.load(resampling(tmp_path / "in.nii.gz", tmp_path / "across", NEW)).header
+    fields = ("slice_code", "slice_start", "slice_end", "slice_duration")
+    assert [float(resized[name]) for name in fields] == [0, 0, 0, 0]
+    assert resized.get_dim_info() == (0, 2, 1)  # the axes keep their roles
+
+
+def test_slice_timing_of_an_unknown_slice_axis_kept_only_without_resizing(tmp_path):
+    image = nib.Nifti1Image(np.ones(OLD, np.float32), oblique())
+    image.header["slice_code"], image.header["slice_end"] = 1, OLD[2] - 1
+    image.header["slice_duration"] = 0.1  # (nibabel's setter wants a slice axis)
+    nib.save(image, tmp_path / "in.nii.gz")
+    (tmp_path / "same").mkdir()
+    same = nib.load(resampling(tmp_path / "in.nii.gz", tmp_path / "same", OLD)).header
+    assert (int(same["slice_code"]), int(same["slice_end"])) == (1, OLD[2] - 1)
+    resized = nib.load(resampling(tmp_path / "in.nii.gz", tmp_path, NEW)).header
+    assert [float(resized[name]) for name in ("slice_code", "slice_end", "slice_duration")] == [0, 0, 0]
+
+
 def test_nifti2_in_nifti2_out(tmp_path):
     src = write_nifti(
         tmp_path / "in.nii.gz",

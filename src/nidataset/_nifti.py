@@ -558,8 +558,22 @@ def resized_header(header: nib.Nifti1Header, shape: Sequence[int], align: str = 
 
     Both the sform and the qform become the input's resized as :func:`_geometry.resized_affine` says (a
     form whose code is 0 is derived from nibabel's best affine), their codes are kept, and so are the
-    units, the data type, ``scl_slope``/``scl_inter`` and the extensions. The voxel spacing is scaled by
-    old / new.
+    units, the data type, ``scl_slope``/``scl_inter``, ``dim_info`` and the extensions. The voxel spacing
+    is scaled by old / new. The slice timing (``slice_code``, ``slice_start``, ``slice_end``,
+    ``slice_duration``) describes the input's slices: it is kept only where the slice axis (``dim_info``)
+    keeps its size, and cleared otherwise (an unknown slice axis: unless no axis changes).
+
+    Examples
+    --------
+    >>> header = nib.Nifti1Header()
+    >>> header.set_data_shape((8, 8, 10))
+    >>> header.set_dim_info(slice=2)
+    >>> header.set_slice_duration(0.1)
+    >>> header["slice_code"], header["slice_end"] = 1, 9  # sequential, increasing
+    >>> len(resized_header(header, (4, 4, 10)).get_slice_times())
+    10
+    >>> int(resized_header(header, (8, 8, 5))["slice_end"])
+    0
     """
     old = tuple(int(n) for n in header.get_data_shape()[:3])
     best = header.get_best_affine()
@@ -577,6 +591,10 @@ def resized_header(header: nib.Nifti1Header, shape: Sequence[int], align: str = 
     new.set_sform(new_sform, code=scode)
     new.set_qform(new_qform, code=qcode)
     new.set_zooms(zooms)
+    slice_axis = header.get_dim_info()[2]
+    if (tuple(shape) != old) if slice_axis is None else (int(shape[slice_axis]) != old[slice_axis]):
+        for name in ("slice_code", "slice_start", "slice_end", "slice_duration"):
+            new[name] = 0  # the timing of slices that are no longer there
     return new
 
 
