@@ -432,6 +432,9 @@ def test_a_dataset_reads_each_object_by_one_get(server, bucket, scans, caplog):
         key = f"/{name}/scans/{os.path.basename(path)}"
         assert [method for method, where in asked if where == key] == ["GET"], asked
         assert [method for method, where in asked if where == url[len("s3:/") :]] == ["PUT"], asked
+    # The bucket itself: listed for the inputs, then for unfinished uploads; not asked whether it exists
+    # (its listing said so).
+    assert [method for method, where in asked if where.rstrip("/") == f"/{name}"] == ["GET", "GET"], asked
 
 
 def test_a_body_serves_its_first_chunk_again_without_asking(server, bucket, caplog):
@@ -1182,6 +1185,10 @@ def test_missing_bucket_key_and_prefix_are_named(server, bucket, scans, tmp_path
     assert info.value.filename == f"s3://{name}-absent/a.nii.gz"
     with pytest.raises(FileNotFoundError, match="no such bucket") as info:
         resampling(f"s3://{name}/a.nii.gz", f"s3://{name}-absent/out", (9, 9, 9), storage_options=options)
+    assert info.value.filename == f"s3://{name}-absent"
+    fs.put(paths[0], f"{name}/in/a.nii.gz")
+    with pytest.raises(FileNotFoundError, match="no such bucket") as info:
+        resampling_dataset(f"s3://{name}/in/", f"s3://{name}-absent/out/", (9, 9, 9), storage_options=options)
     assert info.value.filename == f"s3://{name}-absent"
     with pytest.raises(FileNotFoundError, match=r"no '\.nii\.gz' objects") as info:
         resampling_dataset(f"s3://{name}/nothing/", tmp_path, (9, 9, 9), storage_options=options)

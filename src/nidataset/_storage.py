@@ -237,12 +237,20 @@ class Storage:
             raise ValueError(f"the input file must be a '{suffix}' file, got '{url}'")
         return url
 
-    def check_output_folder(self, url: str) -> str:
-        """Check that the bucket of `url` exists and answers (nothing is written); return `url`."""
+    def check_output_folder(self, url: str, reached: str | None = None) -> str:
+        """Check that the bucket of `url` exists and answers (nothing is written); return `url`.
+
+        `reached`: what this call has already had the store answer for (its input, looked at or
+        listed); an output in the same bucket of the same store is not asked about again.
+        """
         fs, key = self.filesystem(url)
         if _protocol(fs) not in _COMMITTING:
             return url  # memory://, ftp://...: folders are made as they are written
         bucket = key.split("/", 1)[0]
+        if reached is not None and is_url(reached):
+            known, known_key = self.filesystem(reached)
+            if known is fs and known_key.split("/", 1)[0] == bucket:
+                return url
         where = _bucket_url(url, bucket)
         try:
             with _failures(where, "looking at"):

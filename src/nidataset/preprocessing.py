@@ -184,7 +184,7 @@ def resampling(
     options = _options.check_options(interpolation, antialias, align, preview)
     threads = _options.resolve_threads(threads)
     skip_existing = _options.check_flag("skip_existing", skip_existing)
-    folder = _check_output_folder(output_path, storage)
+    folder = _check_output_folder(output_path, storage, reached=path)
     storage.abort_unfinished([_storage.join(folder, _nifti.output_name(path))])  # left by a killed run
     target = resample_file(
         path, folder, shape, options, threads=threads, skip_existing=skip_existing, storage=storage
@@ -336,7 +336,7 @@ def resampling_dataset(
     storage = Storage.of(storage_options, files=3 * workers)  # in a bucket: opening, computing, ending
     source = _path("nii_folder", nii_folder)
     inputs = _runner.list_inputs(source, _nifti.SUFFIX, storage)
-    folder = _check_output_folder(output_path, storage)
+    folder = _check_output_folder(output_path, storage, reached=source)
     on_dask = _runner.is_dask(executor)
     job = _runner.DatasetJob(folder, saving_mode, shape, options, threads, skip_existing, storage, on_dask)
     inputs = _runner.without_outputs(job, inputs)
@@ -367,8 +367,8 @@ def _check_input_file(nii_path: str | os.PathLike, storage: Storage) -> str:
     return _options.check_input_file(path, _nifti.SUFFIX)
 
 
-def _check_output_folder(output_path: str | os.PathLike, storage: Storage) -> str:
+def _check_output_folder(output_path: str | os.PathLike, storage: Storage, reached: str) -> str:
     folder = _path("output_path", output_path)
     if is_url(folder):
-        return storage.check_output_folder(folder)
+        return storage.check_output_folder(folder, reached)
     return _options.check_output_folder(folder)
