@@ -300,10 +300,7 @@ class Storage:
             fs.invalidate_cache(base)
             found = fs.find(base, detail=True)
         return {
-            join(url, name[len(base) + 1 :]): (
-                str(info.get("ETag", "")),
-                str(info.get("LastModified", info.get("mtime", info.get("created", "")))),
-            )
+            join(url, name[len(base) + 1 :]): _stamp(info)
             for name, info in found.items()
             if name.startswith(base + "/")
         }
@@ -324,19 +321,18 @@ class Storage:
             return
         fs, key = self.filesystem(path)
         if _protocol(fs) in _COMMITTING:
-            # s3fs completes its multipart upload only when the file closes (a file under one part goes
-            # up whole then, by one PUT); the others are asked to wait for commit().
-            s3 = _protocol(fs) in ("s3", "s3a")
+            # The object appears when the file closes: s3fs completes its multipart upload (a file under
+            # one part goes up whole then, by one PUT), gcsfs finalizes its resumable upload, adlfs
+            # commits its block list. Not opened with autocommit=False: fsspec would keep every such
+            # file in the file system's transaction (adlfs ignores it, gcsfs would then need commit()).
             with _failures(path, "writing"):
-                remote = fs.open(key, "wb", block_size=_UPLOAD_BLOCK, autocommit=s3)
+                remote = fs.open(key, "wb", block_size=_UPLOAD_BLOCK)
             try:
                 yield _RemoteWriter(remote, path)  # type: ignore[misc]
                 if waiting is not None:
                     waiting()
                 with _failures(path, "writing"):
-                    remote.close()  # the last part, and S3's commit: only now does the object appear
-                    if not s3:
-                        remote.commit()
+                    remote.close()  # the last part, and the store's commit: only now does the object appear
             except BaseException:
                 _abandon(remote, path)  # never closed: nothing is committed
                 raise
@@ -482,6 +478,18 @@ def _botocore_knows(option: str) -> bool:
     return option in getattr(Config, "OPTION_DEFAULTS", {})
 
 
+def _stamp(info: Mapping[str, Any]) -> tuple[str, str]:
+    """Return an object's (tag, modification time) as its store lists them: a rewrite changes either.
+
+    The tag: s3fs's ``ETag``, gcsfs's ``generation`` (else its ``etag``), adlfs's ``etag``. The time:
+    ``LastModified`` (s3fs), ``last_modified`` (adlfs), ``mtime`` (gcsfs), ``created`` (memory://).
+    """
+    tag = next((info[name] for name in ("ETag", "generation", "etag") if info.get(name) is not None), "")
+    times = ("LastModified", "last_modified", "mtime", "created")
+    when = next((info[name] for name in times if info.get(name) is not None), "")
+    return str(tag), str(when)
+
+
 def _protocol(fs: Any) -> str:
     protocol = fs.protocol
     return protocol if isinstance(protocol, str) else protocol[0]
@@ -614,20 +622,36 @@ class _Ranges(_Pieces):
         return start, data
 
 
+#: Stores whose fsspec file system asks for the last bytes of an object (a negative start) as such
+#: (``Range: bytes=-4``), without knowing its size. adlfs sends the negative offset on as it is.
+_SUFFIX_RANGES = frozenset({"s3", "s3a", "gs", "gcs", "http", "https"})
+
+
 async def _opening(fs: Any, key: str, block: int) -> tuple[int, bytes, bytes]:
-    """Ask at once for the size of `key`, its first `block` bytes and its last 4."""
-    asked = (fs._info(key), fs._cat_file(key, start=0, end=block), fs._cat_file(key, start=-4))
-    answers: tuple[Any, ...] = await asyncio.gather(*asked, return_exceptions=True)
-    info, head, tail = answers
+    """Ask at once for the size of `key`, its first `block` bytes and its last 4.
+
+    Where the store cannot be asked for the last bytes without their offset, they are asked for once
+    its size is known (unless the first block holds them).
+    """
+    suffix = _protocol(fs) in _SUFFIX_RANGES
+    asked = [fs._info(key), fs._cat_file(key, start=0, end=block)]
+    if suffix:
+        asked.append(fs._cat_file(key, start=-4))
+    answers: list[Any] = await asyncio.gather(*asked, return_exceptions=True)
+    info, head = answers[:2]
     if isinstance(info, BaseException):
         raise info
     size = int(info["size"])
     if size == 0:  # a range of nothing is refused (416): there is nothing to read
         return 0, b"", b""
-    for answer in (head, tail):
+    for answer in answers[1:]:
         if isinstance(answer, BaseException):
             raise answer
-    return size, head, tail
+    if suffix:
+        return size, head, answers[2]
+    if size <= len(head):
+        return size, head, head[-4:]
+    return size, head, await fs._cat_file(key, start=size - 4, end=size)
 
 
 class _Body(_Pieces):
@@ -1057,10 +1081,22 @@ class _RemoteWriter(io.RawIOBase):
                 self.remote.flush()
 
 
-#: Words in the names of the exceptions that mean the endpoint cannot be reached (botocore, aiohttp...).
-_UNREACHABLE = ("Connect", "Connection", "Timeout", "ServerDisconnected", "EndpointConnection")
+#: Words in the names of the exceptions that mean the endpoint cannot be reached (botocore, aiohttp,
+#: azure-core's ServiceRequestError and ServiceResponseError...).
+_UNREACHABLE = (
+    "Connect",
+    "Connection",
+    "Timeout",
+    "ServerDisconnected",
+    "EndpointConnection",
+    "ServiceRequestError",
+    "ServiceResponseError",
+)
 #: S3's error codes, as s3fs leaves them in its messages, for refused credentials.
 _REFUSED = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "InvalidToken")
+#: Names of the exceptions of refused credentials: google-auth's (RefreshError, DefaultCredentialsError
+#: derive from GoogleAuthError), azure-core's.
+_REFUSED_KINDS = ("GoogleAuthError", "ClientAuthenticationError", "NoCredentials")
 
 
 @contextlib.contextmanager
@@ -1083,7 +1119,13 @@ def _translated(err: Exception, url: str, doing: str) -> OSError:
         what = "bucket" if "NoSuchBucket" in text or "bucket does not exist" in text.lower() else "object"
         said = f" ({text})" if " " in text else ""  # the server's words, not the path again
         return FileNotFoundError(errno.ENOENT, f"no such {what}{said}", url)
-    if isinstance(err, PermissionError) or "NoCredentials" in names or any(c in text for c in _REFUSED):
+    if (
+        isinstance(err, PermissionError)
+        or any(kind in names for kind in _REFUSED_KINDS)
+        or any(code in text for code in _REFUSED)
+        or _status(err) in (401, 403)
+        or text.startswith("Forbidden")  # gcsfs: a 403 as an OSError
+    ):
         return PermissionError(errno.EACCES, f"access refused, check the credentials ({text})", url)
     if isinstance(err, (ConnectionError, TimeoutError)) or any(word in names for word in _UNREACHABLE):
         return ConnectionError(
@@ -1095,6 +1137,18 @@ def _translated(err: Exception, url: str, doing: str) -> OSError:
         return OSError(errno.ESTALE, f"it changed while {doing} it ({text})", url)
     number = err.errno if isinstance(err, OSError) and err.errno else errno.EIO
     return OSError(number, f"{doing} it failed ({type(err).__name__}: {text})", url)
+
+
+def _status(err: Exception) -> int | None:
+    """Return the HTTP status `err` carries, None if none.
+
+    gcsfs's errors carry it as ``code``, azure-core's as ``status_code``, aiohttp's as ``status``.
+    """
+    for name in ("status_code", "code", "status"):
+        value = getattr(err, name, None)
+        if isinstance(value, int) and 100 <= value < 600:
+            return value
+    return None
 
 
 def _one_line(err: BaseException) -> str:
