@@ -437,6 +437,17 @@ def test_a_dataset_reads_each_object_by_one_get(server, bucket, scans, caplog):
     assert [method for method, where in asked if where.rstrip("/") == f"/{name}"] == ["GET", "GET"], asked
 
 
+def test_one_file_asks_its_bucket_only_for_unfinished_uploads(server, bucket, scans, caplog):
+    name, fs = bucket
+    fs.put(scans[1][0], f"{name}/in/a.nii.gz")
+    caplog.set_level(logging.INFO, logger="werkzeug")
+    resampling(f"s3://{name}/in/a.nii.gz", f"s3://{name}/out/", (9, 9, 9), storage_options=server.options())
+    asked = requests_logged(caplog)
+    assert [method for method, where in asked if where == f"/{name}/in/a.nii.gz"] == ["HEAD", "GET"], asked
+    # The input's HEAD said the bucket is there: it is asked only for the uploads killed runs left.
+    assert [method for method, where in asked if where.rstrip("/") == f"/{name}"] == ["GET"], asked
+
+
 def test_a_body_serves_its_first_chunk_again_without_asking(server, bucket, caplog):
     name, fs = bucket
     data = os.urandom(3 * _storage._AHEAD + 123)

@@ -13,6 +13,7 @@ import errno
 import gc
 import itertools
 import os
+import zlib
 
 import fsspec
 import numpy as np
@@ -59,6 +60,7 @@ class CommittingStore(AbstractFileSystem):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.objects, self.discarded, self.waiting_saw = {}, [], []
+        self.listed_as = "adlfs"
 
     def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
         path = self._strip_protocol(path)
@@ -71,14 +73,16 @@ class CommittingStore(AbstractFileSystem):
         path = self._strip_protocol(path).rstrip("/")
         if path in self.objects:
             data, generation = self.objects[path]
-            stamp = f"2026-11-22T00:00:{generation:02d}Z"  # adlfs: a datetime; any rewrite changes it
-            return {
-                "name": path,
-                "size": len(data),
-                "type": "file",
-                "etag": f'"0x{generation}"',
-                "last_modified": stamp,
-            }
+            entry = {"name": path, "size": len(data), "type": "file"}
+            if self.listed_as == "adlfs":  # (a datetime) a rewrite changes both
+                return {
+                    **entry,
+                    "etag": f'"0x{generation}"',
+                    "last_modified": f"2026-11-22T00:00:{generation:02d}Z",
+                }
+            # gcsfs: the etag of the contents (the same bytes written again keep it), and a generation
+            etag = f"{zlib.crc32(data):08x}"
+            return {**entry, "etag": etag, "generation": str(generation), "mtime": "2026-11-22T00:00:00Z"}
         if "/" not in path or any(key.startswith(path + "/") for key in self.objects):
             return {"name": path, "size": 0, "type": "directory"}
         raise FileNotFoundError(path)
@@ -125,6 +129,19 @@ def test_an_upload_appears_when_its_file_closes_and_not_before(store):
     assert not store.transaction.files
 
 
+def test_an_upload_is_not_left_to_a_transaction_open_on_the_store(store):
+    # fsspec file systems are shared (by every thread since fsspec 2026.6): a transaction someone else
+    # has open on one must not hold back, or throw away, an output of ours.
+    with pytest.raises(RuntimeError, match="theirs"):
+        with store.transaction:
+            with _storage.Storage().upload("fake-committing://bucket/out/a.nii.gz") as file:
+                file.write(b"voxels")
+            assert store.objects["bucket/out/a.nii.gz"][0] == b"voxels"
+            raise RuntimeError("theirs failed")
+    assert store.objects["bucket/out/a.nii.gz"][0] == b"voxels"
+    assert store.discarded == []
+
+
 def test_a_failed_upload_leaves_nothing(store):
     storage = _storage.Storage()
     with pytest.raises(RuntimeError, match="mid-way"):
@@ -152,13 +169,15 @@ def test_a_dataset_through_the_store_matches_a_local_run(store, tmp_path, rng):
             assert store.objects[url[len("fake-committing://") :]][0] == file.read()
 
 
-def test_stamps_read_the_keys_each_store_lists(store):
+@pytest.mark.parametrize("listed_as", ["adlfs", "gcsfs"])
+def test_stamps_read_the_keys_each_store_lists(store, listed_as):
+    store.listed_as = listed_as
     store.objects["bucket/out/a/a_resampled.nii.gz"] = (b"x", next(_generations))
     storage = _storage.Storage()
     before = storage.stamps("fake-committing://bucket/out/")
     assert list(before) == ["fake-committing://bucket/out/a/a_resampled.nii.gz"]
     assert all(before["fake-committing://bucket/out/a/a_resampled.nii.gz"])  # adlfs: etag, last_modified
-    store.objects["bucket/out/a/a_resampled.nii.gz"] = (b"y", next(_generations))  # rewritten
+    store.objects["bucket/out/a/a_resampled.nii.gz"] = (b"x", next(_generations))  # rewritten, the same bytes
     after = storage.stamps("fake-committing://bucket/out/")
     assert after != before
 
@@ -179,7 +198,7 @@ class Ranged:
         return self.data[start:end] if start >= 0 else self.data[start:]
 
 
-@pytest.mark.parametrize("size", [100, 70_000])
+@pytest.mark.parametrize("size", [3, 100, 2**16 + 2, 70_000])
 def test_a_store_without_suffix_ranges_is_asked_for_the_tail_by_its_offset(size):
     import asyncio
 
@@ -230,11 +249,35 @@ class ServiceRequestError(AzureError):
     pass
 
 
+class TransportError(GoogleAuthError):
+    """google-auth's: its token endpoint or the metadata server did not answer."""
+
+
+def refresh_failed_for_want_of_a_connection():
+    try:
+        raise TransportError("HTTPSConnectionPool(host='oauth2.googleapis.com'): name resolution failed")
+    except TransportError as err:
+        try:
+            raise RefreshError("Failed to retrieve an access token") from err
+        except RefreshError as refused:
+            return refused
+
+
 @pytest.mark.parametrize(
     ("raised", "kind", "number"),
     [
         (HttpError("Invalid Credentials", 401), PermissionError, errno.EACCES),
-        (OSError("Forbidden: https://storage.googleapis.com/b/o: no access"), PermissionError, errno.EACCES),
+        (
+            OSError("Forbidden: https://storage.googleapis.com/b/o\nno storage.objects.get"),
+            PermissionError,
+            errno.EACCES,
+        ),
+        (
+            TransportError("HTTPSConnectionPool(host='oauth2.googleapis.com')"),
+            ConnectionError,
+            errno.ECONNREFUSED,
+        ),
+        (refresh_failed_for_want_of_a_connection(), ConnectionError, errno.ECONNREFUSED),
         (RefreshError("invalid_grant: Bad Request"), PermissionError, errno.EACCES),
         (
             ClientAuthenticationError("Server failed to authenticate the request.", 403),
@@ -258,7 +301,10 @@ def test_the_failures_of_other_stores_say_what_is_wrong(raised, kind, number):
             raise raised
     assert type(info.value) is kind
     assert (info.value.errno, info.value.filename) == (number, url)
-    assert str(raised).split(":")[0] in info.value.strerror  # the store's own words are kept
+    said = str(raised).splitlines()
+    assert said[0] in info.value.strerror  # the store's own words are kept
+    if said[0].startswith("Forbidden"):
+        assert said[1] in info.value.strerror  # and gcsfs's reason of a 403, on its second line
 
 
 def test_a_bucket_a_role_may_not_look_at_is_left_to_its_objects(monkeypatch, store):
@@ -271,3 +317,17 @@ def test_a_bucket_a_role_may_not_look_at_is_left_to_its_objects(monkeypatch, sto
         _storage.Storage().check_output_folder("fake-committing://bucket/out/")
         == "fake-committing://bucket/out/"
     )
+
+
+def test_an_output_bucket_is_asked_about_unless_the_input_was_just_read_from_it(store, monkeypatch):
+    asked = []
+    monkeypatch.setattr(store, "info", lambda path, **kwargs: asked.append(path) or {"type": "directory"})
+    storage = _storage.Storage()
+    out = "fake-committing://data/out/"
+    storage.check_output_folder(out, reached="fake-committing://data/in/a.nii.gz")  # its bucket answered
+    assert asked == []
+    storage.check_output_folder(out, reached="fake-committing://other/in/a.nii.gz")  # another bucket
+    storage.check_output_folder(out, reached="s3://data/in/a.nii.gz")  # another store, the same name
+    storage.check_output_folder(out, reached="/data/in/a.nii.gz")  # a local path
+    storage.check_output_folder(out)
+    assert asked == ["data"] * 4

@@ -323,10 +323,11 @@ class Storage:
         if _protocol(fs) in _COMMITTING:
             # The object appears when the file closes: s3fs completes its multipart upload (a file under
             # one part goes up whole then, by one PUT), gcsfs finalizes its resumable upload, adlfs
-            # commits its block list. Not opened with autocommit=False: fsspec would keep every such
-            # file in the file system's transaction (adlfs ignores it, gcsfs would then need commit()).
+            # commits its block list. Even in a transaction someone opened on the (shared) file system:
+            # with autocommit=False fsspec keeps the file there, and s3fs or gcsfs would leave its
+            # object to the transaction's end (adlfs ignores autocommit).
             with _failures(path, "writing"):
-                remote = fs.open(key, "wb", block_size=_UPLOAD_BLOCK)
+                remote = fs.open(key, "wb", block_size=_UPLOAD_BLOCK, autocommit=True)
             try:
                 yield _RemoteWriter(remote, path)  # type: ignore[misc]
                 if waiting is not None:
@@ -1091,12 +1092,12 @@ _UNREACHABLE = (
     "EndpointConnection",
     "ServiceRequestError",
     "ServiceResponseError",
+    "TransportError",  # google-auth's: its token endpoint or metadata server did not answer
 )
 #: S3's error codes, as s3fs leaves them in its messages, for refused credentials.
 _REFUSED = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "InvalidToken")
-#: Names of the exceptions of refused credentials: google-auth's (RefreshError, DefaultCredentialsError
-#: derive from GoogleAuthError), azure-core's.
-_REFUSED_KINDS = ("GoogleAuthError", "ClientAuthenticationError", "NoCredentials")
+#: Names of the exceptions of refused or missing credentials: google-auth's, azure-core's, botocore's.
+_REFUSED_KINDS = ("RefreshError", "DefaultCredentialsError", "ClientAuthenticationError", "NoCredentials")
 
 
 @contextlib.contextmanager
@@ -1119,6 +1120,16 @@ def _translated(err: Exception, url: str, doing: str) -> OSError:
         what = "bucket" if "NoSuchBucket" in text or "bucket does not exist" in text.lower() else "object"
         said = f" ({text})" if " " in text else ""  # the server's words, not the path again
         return FileNotFoundError(errno.ENOENT, f"no such {what}{said}", url)
+    cause = err.__cause__
+    unreachable = isinstance(err, (ConnectionError, TimeoutError)) or any(
+        word in names or (cause is not None and word in type(cause).__name__) for word in _UNREACHABLE
+    )  # (credentials that could not be refreshed for want of a connection: their cause says so)
+    if not isinstance(err, PermissionError) and unreachable:
+        return ConnectionError(
+            errno.ECONNREFUSED,
+            f"cannot reach the store, or it stopped answering, while {doing} it ({text})",
+            url,
+        )
     if (
         isinstance(err, PermissionError)
         or any(kind in names for kind in _REFUSED_KINDS)
@@ -1127,12 +1138,6 @@ def _translated(err: Exception, url: str, doing: str) -> OSError:
         or text.startswith("Forbidden")  # gcsfs: a 403 as an OSError
     ):
         return PermissionError(errno.EACCES, f"access refused, check the credentials ({text})", url)
-    if isinstance(err, (ConnectionError, TimeoutError)) or any(word in names for word in _UNREACHABLE):
-        return ConnectionError(
-            errno.ECONNREFUSED,
-            f"cannot reach the store, or it stopped answering, while {doing} it ({text})",
-            url,
-        )
     if "pre-condition" in text or "PreconditionFailed" in text:
         return OSError(errno.ESTALE, f"it changed while {doing} it ({text})", url)
     number = err.errno if isinstance(err, OSError) and err.errno else errno.EIO
@@ -1152,5 +1157,9 @@ def _status(err: Exception) -> int | None:
 
 
 def _one_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    if lines[0].startswith("Forbidden") and len(lines) > 1:  # gcsfs: the reason of a 403 on the next line
+        return f"{lines[0]}: {lines[1]}"
+    return lines[0]

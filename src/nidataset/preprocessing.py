@@ -121,7 +121,8 @@ def resampling(
     *Geometry.* The output affine is ``affine @ diag(old_size / new_size, 1)``: output voxel ``i`` lies
     at input voxel ``i * old_size / new_size``. Origin and direction are kept exactly (also for oblique and
     sheared affines); the sform and the qform are both updated this way and keep their codes, as do the
-    units and the header's other fields. With ``align="center"`` voxel ``i`` lies at
+    units and the header's other fields (but the slice timing, cleared where the slice axis of
+    ``dim_info`` is resized, or any axis if it gives none). With ``align="center"`` voxel ``i`` lies at
     ``(i + 0.5) * old_size / new_size - 0.5`` instead, and the origin moves there.
 
     *Values.* Cubic B-spline interpolation (order 3, interpolating) with a mirror boundary: the values
