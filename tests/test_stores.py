@@ -253,14 +253,22 @@ class TransportError(GoogleAuthError):
     """google-auth's: its token endpoint or the metadata server did not answer."""
 
 
-def refresh_failed_for_want_of_a_connection():
+def raised_from(outer, inner):
+    """`outer` as ``raise outer from inner`` leaves it."""
     try:
-        raise TransportError("HTTPSConnectionPool(host='oauth2.googleapis.com'): name resolution failed")
-    except TransportError as err:
-        try:
-            raise RefreshError("Failed to retrieve an access token") from err
-        except RefreshError as refused:
-            return refused
+        raise outer from inner
+    except type(outer) as err:
+        return err
+
+
+def refresh_failed_for_want_of_a_connection():
+    transport = TransportError("HTTPSConnectionPool(host='oauth2.googleapis.com'): name resolution failed")
+    return raised_from(RefreshError("Failed to retrieve an access token"), transport)
+
+
+def adlfs_upload_refused():  # adlfs wraps what the service said
+    refused = HttpResponseError("AuthorizationPermissionMismatch", 403)
+    return raised_from(RuntimeError("Failed to upload block: AuthorizationPermissionMismatch!"), refused)
 
 
 @pytest.mark.parametrize(
@@ -278,6 +286,12 @@ def refresh_failed_for_want_of_a_connection():
             errno.ECONNREFUSED,
         ),
         (refresh_failed_for_want_of_a_connection(), ConnectionError, errno.ECONNREFUSED),
+        (adlfs_upload_refused(), PermissionError, errno.EACCES),
+        (
+            raised_from(RuntimeError("Failed to upload block"), HttpResponseError("Server busy", 503)),
+            OSError,
+            errno.EIO,
+        ),
         (RefreshError("invalid_grant: Bad Request"), PermissionError, errno.EACCES),
         (
             ClientAuthenticationError("Server failed to authenticate the request.", 403),

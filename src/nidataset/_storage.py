@@ -1112,7 +1112,11 @@ def _failures(url: str, doing: str) -> Iterator[None]:
 
 
 def _translated(err: Exception, url: str, doing: str) -> OSError:
-    names = " ".join(kind.__name__ for kind in type(err).__mro__)
+    # What the store said may lie under the client's own wrapping (adlfs: "Failed to upload block" as a
+    # RuntimeError from azure-core's error), so the exceptions it was raised from count too.
+    chain = _chain(err)
+    names = " ".join(kind.__name__ for raised in chain for kind in type(raised).__mro__)
+    statuses = {_status(raised) for raised in chain}
     text = _one_line(err)
     if isinstance(err, OSError) and err.filename == url:
         return err  # already said
@@ -1120,10 +1124,9 @@ def _translated(err: Exception, url: str, doing: str) -> OSError:
         what = "bucket" if "NoSuchBucket" in text or "bucket does not exist" in text.lower() else "object"
         said = f" ({text})" if " " in text else ""  # the server's words, not the path again
         return FileNotFoundError(errno.ENOENT, f"no such {what}{said}", url)
-    cause = err.__cause__
-    unreachable = isinstance(err, (ConnectionError, TimeoutError)) or any(
-        word in names or (cause is not None and word in type(cause).__name__) for word in _UNREACHABLE
-    )  # (credentials that could not be refreshed for want of a connection: their cause says so)
+    unreachable = any(isinstance(raised, (ConnectionError, TimeoutError)) for raised in chain) or any(
+        word in names for word in _UNREACHABLE
+    )  # (also credentials that could not be refreshed for want of a connection: their cause says so)
     if not isinstance(err, PermissionError) and unreachable:
         return ConnectionError(
             errno.ECONNREFUSED,
@@ -1134,7 +1137,7 @@ def _translated(err: Exception, url: str, doing: str) -> OSError:
         isinstance(err, PermissionError)
         or any(kind in names for kind in _REFUSED_KINDS)
         or any(code in text for code in _REFUSED)
-        or _status(err) in (401, 403)
+        or not statuses.isdisjoint((401, 403))
         or text.startswith("Forbidden")  # gcsfs: a 403 as an OSError
     ):
         return PermissionError(errno.EACCES, f"access refused, check the credentials ({text})", url)
@@ -1144,7 +1147,17 @@ def _translated(err: Exception, url: str, doing: str) -> OSError:
     return OSError(number, f"{doing} it failed ({type(err).__name__}: {text})", url)
 
 
-def _status(err: Exception) -> int | None:
+def _chain(err: BaseException) -> list[BaseException]:
+    """Return `err` and the exceptions it was raised from (``raise ... from``), four at most."""
+    chain: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and len(chain) < 4 and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__
+    return chain
+
+
+def _status(err: BaseException) -> int | None:
     """Return the HTTP status `err` carries, None if none.
 
     gcsfs's errors carry it as ``code``, azure-core's as ``status_code``, aiohttp's as ``status``.
