@@ -190,3 +190,31 @@ def test_a_deferred_writer_appears_only_once_committed_and_can_be_thrown_away(tm
         failed.commit()  # a block that failed left nothing to commit
     SlabWriter(str(thrown), header, deferred=True).abandon()  # never opened: nothing to do
     assert sorted(os.listdir(tmp_path)) == ["kept.nii.gz"]
+
+
+@pytest.mark.parametrize("call", range(1, 8))
+def test_an_interrupt_in_the_compressor_stays_an_interrupt(tmp_path, monkeypatch, call):
+    # Ctrl-C lands wherever Python code runs, isal's writer's `closed` property included. An
+    # io.BufferedWriter over it asked it before every write and reported what it raised as
+    # ValueError("write to closed file"): the file counted as failed and a dataset went on.
+    from isal import igzip_threaded
+
+    kind = igzip_threaded._ThreadedGzipWriter
+    asked = []
+
+    def closed(self):
+        asked.append(1)
+        if len(asked) == call:
+            raise KeyboardInterrupt
+        return self._closed
+
+    monkeypatch.setattr(kind, "closed", property(closed))
+    write_nifti(tmp_path / "a.nii.gz", np.ones((20, 20, 20), np.int16))
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        resampling(tmp_path / "a.nii.gz", out, (90, 90, 90), threads=1)
+    except KeyboardInterrupt:
+        assert os.listdir(out) == []  # nothing partial
+    else:  # it landed where Python discards it (a finalizer's look at the closed file)
+        assert os.listdir(out) == ["a_resampled.nii.gz"]

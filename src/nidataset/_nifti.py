@@ -649,6 +649,7 @@ class SlabWriter:
         self.threads = max(1, int(threads))
         self.wait = wait
         self.pending = bytearray()  # the start of the next block
+        self.head: bytes | None = None  # the header, until it is handed on
         self.written = 0
         self._file: Generator[BinaryIO | None, None, None] | None = None
         self.compressed = False  # the block ended well: commit() is next
@@ -670,7 +671,7 @@ class SlabWriter:
             with _compressor(raw, self.threads) as gz:
                 head = io.BytesIO()  # nibabel writes extensions with tell(), which the threaded writer lacks
                 self.header.write_to(head)
-                gz.write(head.getbuffer())
+                self.head = head.getvalue()  # a block of its own, or with the voxels if all fit in one
                 yield gz
             del gz  # its buffers go before the end, which may wait on the store
             yield None
@@ -688,16 +689,32 @@ class SlabWriter:
             data = data[take:]
             if len(self.pending) < _BLOCK:
                 return
-            self.gz.write(self.pending)
+            self._hand(self.pending)
             self.pending = bytearray()
             handed = True
         whole = len(data) - len(data) % _BLOCK
         if whole:
-            self.gz.write(data[:whole])
+            self._hand(data[:whole])
             handed = True
         self.pending += data[whole:]
         if handed and self.wait:
             self.gz.flush()  # only whole blocks were handed on: the block boundaries stay the same
+
+    def _hand(self, data: bytes | bytearray | memoryview) -> None:
+        """Hand `data` on to the compressor, after the header: with it if both fit in one block.
+
+        The compressor is written to directly, not through an ``io.BufferedWriter``: that one asks its
+        writer whether it is closed (isal's answers in Python) before each write, and reports anything
+        raised there, an interrupt (Ctrl-C) included, as "write to closed file".
+        """
+        head, self.head = self.head, None
+        if head is not None:
+            if len(head) + len(data) <= _BLOCK:
+                self.gz.write(head + bytes(data))
+                return
+            self.gz.write(head)
+        if len(data):
+            self.gz.write(data)
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
@@ -710,8 +727,8 @@ class SlabWriter:
                     raise ValueError(
                         f"'{self.path}': {self.written:,} of {self.expected:,} voxel bytes were written"
                     )
-                if self.pending:
-                    self.gz.write(self.pending)
+                if self.pending or self.head is not None:
+                    self._hand(self.pending)
                     self.pending = bytearray()
             except BaseException as err:
                 error = err
@@ -755,7 +772,10 @@ class SlabWriter:
 
 
 def _compressor(raw: BinaryIO, threads: int) -> BinaryIO:
-    """Return ``igzip_threaded.open(raw, "wb", ...)``; a failure as it starts leaves nothing running.
+    """Return isal's threaded gzip writer over `raw`; a failure as it starts leaves nothing running.
+
+    What ``igzip_threaded.open(raw, "wb", ...)`` makes, without the ``io.BufferedWriter`` it puts over it
+    (see :meth:`SlabWriter._hand`).
 
     isal's writer marks itself open and starts its thread inside ``__init__``; an exception in between
     (Ctrl-C, a full disk at the gzip header) would leave a half-made writer whose thread runs on and whose
@@ -769,7 +789,7 @@ def _compressor(raw: BinaryIO, threads: int) -> BinaryIO:
     writer = kind.__new__(kind)
     try:
         writer.__init__(raw, "wb", level=COMPRESS_LEVEL, threads=threads, block_size=_BLOCK)
-        return igzip_threaded.FlushableBufferedWriter(writer, buffer_size=_BLOCK)
+        return writer  # (no buffered writer over it: see SlabWriter._hand)
     except BaseException:
         writer.running = False  # a started thread ends at its next look at the queue (50 ms)
         writer._closed = True  # and the finalizer finds nothing to close
