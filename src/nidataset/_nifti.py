@@ -727,9 +727,8 @@ class SlabWriter:
                     raise ValueError(
                         f"'{self.path}': {self.written:,} of {self.expected:,} voxel bytes were written"
                     )
-                if self.pending or self.head is not None:
-                    self._hand(self.pending)
-                    self.pending = bytearray()
+                self._hand(self.pending)  # the last voxels (and the header, if none went yet)
+                self.pending = bytearray()
             except BaseException as err:
                 error = err
         if error is None:
