@@ -17,6 +17,10 @@ call alone in this process, interleaved round by round, medians (every row runs 
 
 Outputs are deleted before every run, so that each run really writes. Targets: time(bucket) /
 max(time(disk), time(transfer)) <= 1.3, with workers=2 (b against a, c) and on Dask (d against e, c).
+Beside each ratio, the CPU seconds per volume of every process that worked during the row (this one:
+its pool, or the Dask scheduler and client; the S3 server; the Dask workers), for both jobs and the
+bare transfer: where the disk job already keeps the cores busy, the bucket job's time grows with the
+CPU its requests cost on both ends, the server's included (it runs on the same cores).
 Then, per volume, for the "cost on paper" of a large collection: the CPU seconds of the workers=2 job
 (user + sys of a fresh process and its pool, imports included; disk -> disk beside it), the bytes that
 crossed the network each way (counted by a relay in front of the server, HTTP headers included; the
@@ -324,19 +328,27 @@ def time_part(args, root, server, fs, relay):
         times = {name: [] for name in runs}
         accounts = {"bucket": [], "disk": []}
         warm = {DASK_BUCKET: [], DASK_DISK: []}  # CPU seconds of the Dask workers, whose clients are warm
+        # CPU seconds of every process that worked during a row: this one (its pool's threads or processes,
+        # the Dask scheduler and client), the S3 server and the Dask workers.
+        spent = {name: [] for name in runs}
         for round_ in range(args.rounds + 1):  # round 0: the warm-up, not counted
             for name, run in runs.items():
                 remote = name in (BUCKET_W2, DASK_BUCKET)
                 out = f"s3://{BUCKET}/out/" if remote else os.path.join(root, "out")
                 clear(fs, root)
                 before = workers_cpu(clusters[0][1]) if name in warm else 0.0
+                own, served = own_cpu(), server.cpu()
                 start = time.perf_counter()
                 run(out)
                 elapsed = time.perf_counter() - start
+                own, served = own_cpu() - own, server.cpu() - served
                 if round_:
                     times[name].append(elapsed)
+                    workers = 0.0
                     if name in warm:
-                        warm[name].append(workers_cpu(clusters[0][1]) - before)
+                        workers = workers_cpu(clusters[0][1]) - before
+                        warm[name].append(workers)
+                    spent[name].append((own, served, workers))
                 elif remote:  # once: the outputs are where they belong
                     fs.invalidate_cache()
                     found = fs.find(f"{BUCKET}/out/")
@@ -376,6 +388,7 @@ def time_part(args, root, server, fs, relay):
     faster = "s3fs" if medians[S3FS] <= medians[BOTO3] else "boto3"
     lines.append("")
     width = 70
+    count = args.scans
     pairs = [("1. workers=2", BUCKET_W2, DISK)]
     if not args.no_dask:
         pairs.append(("2. Dask 2x1", DASK_BUCKET, DASK_DISK))
@@ -391,8 +404,26 @@ def time_part(args, root, server, fs, relay):
                 f"{label}: time(bucket) / max(disk, transfer):", f"{ratio:.2f}", "<= 1.3", ratio <= 1.3, width
             )
         )
+        # The S3 server shares the cores: where the disk job already keeps them busy, the bucket job's
+        # time grows with the CPU that the store's requests cost (server and clients) on top of it.
+        cpu = {}  # per volume: the total, then this process, the server, the workers
+        for name in (local, remote, S3FS):
+            cpu[name] = [median([sum(parts) for parts in spent[name]]) / count]
+            cpu[name] += [median([parts[i] for parts in spent[name]]) / count for i in range(3)]
+        local_cpu, remote_cpu, moved_cpu = (cpu[name][0] for name in (local, remote, S3FS))
+        if not local_cpu:  # tiny scans, on a coarse clock
+            continue
+        lines.append("   CPU per volume (this process and its pool, the S3 server, the Dask workers):")
+        for what, name in (("disk", local), ("bucket", remote), ("transfer alone (s3fs)", S3FS)):
+            total, own, served, workers = (round(1000 * seconds) for seconds in cpu[name])
+            lines.append(f"     {what:<22} {total:4d} ms ({own} + {served} + {workers})")
+        lines.append(
+            f"   bucket / disk in CPU: {remote_cpu / local_cpu:.2f}, of which the server's "
+            f"{cpu[remote][2] / local_cpu:.2f}; (disk + transfer alone) / disk: "
+            f"{(local_cpu + moved_cpu) / local_cpu:.2f} (where the disk job keeps the {os.cpu_count()} "
+            "cores busy, time follows CPU)"
+        )
 
-    count = args.scans
     bucket_runs, disk_runs = accounts["bucket"], accounts["disk"]
     requests = {}
     for kind in sorted({k for run in bucket_runs for k in run["requests"]}):
@@ -418,6 +449,14 @@ def time_part(args, root, server, fs, relay):
             f"s per volume; disk -> disk on them: {median(warm[DASK_DISK]) / count:.2f} s"
         )
     return lines
+
+
+def own_cpu():
+    """CPU seconds (user + sys) of this process and of its children that have ended (a pool's processes)."""
+    import resource
+
+    own, ended = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime
 
 
 def workers_cpu(client):

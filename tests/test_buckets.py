@@ -7,6 +7,7 @@ bucket of its own. Local runs of the same files are the oracle: bucket outputs a
 import contextlib
 import functools
 import gzip
+import itertools
 import logging
 import os
 import random
@@ -1071,6 +1072,68 @@ def test_an_upload_that_fails_at_its_end_leaves_nothing(volume, tmp_path, monkey
 
 
 # --- 4: atomic uploads, skip_existing --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1, _storage._UPLOAD_BLOCK - 1, _storage._UPLOAD_BLOCK, 11 << 20])
+def test_an_upload_is_sent_whole_under_a_part_and_in_parts_beyond(server, bucket, size, caplog):
+    # Under a part: one PUT when the block ends. From a part on: a multipart upload (its POSTs around
+    # the parts). The bytes are stored as written, whatever the pieces they came in.
+    name, fs = bucket
+    data = os.urandom(size)
+    cuts = sorted({0, size, *(random.Random(size).randrange(size) for _ in range(6))})
+    caplog.set_level(logging.INFO, logger="werkzeug")
+    with _storage.Storage.of(server.options()).upload(f"s3://{name}/out/a.nii.gz") as file:
+        for start, end in itertools.pairwise(cuts):
+            assert file.write(memoryview(data)[start:end]) == end - start
+        assert not fs.exists(f"{name}/out/a.nii.gz")  # nothing appears before the end
+    asked = [
+        method
+        for method, where in requests_logged(caplog)
+        if where == f"/{name}/out/a.nii.gz" and method in ("PUT", "POST")  # (not the test's HEAD)
+    ]
+    if size < _storage._UPLOAD_BLOCK:
+        assert asked == ["PUT"]
+    else:  # started, its parts (each of at least 5 MiB but the last), completed
+        assert asked[0] == asked[-1] == "POST" and asked[1:-1] == ["PUT"] * len(asked[1:-1]), asked
+        assert 1 <= len(asked[1:-1]) <= size // _storage._UPLOAD_BLOCK, asked
+    fs.invalidate_cache()
+    assert fs.cat_file(f"{name}/out/a.nii.gz") == data
+    assert not unfinished_uploads(fs, name)
+
+
+def test_the_store_options_reach_every_upload(server, bucket, volume, tmp_path, rng):
+    # What the options ask of every object written (here server-side encryption) holds for an output
+    # sent whole and for one sent in parts; both are the bytes a local run writes.
+    name, fs = bucket
+    path, _ = volume
+    big = write_nifti(tmp_path / "big.nii.gz", rng.integers(-30000, 30000, (128, 128, 96)).astype(np.int16))
+    options = {**server.options(), "s3_additional_kwargs": {"ServerSideEncryption": "AES256"}}
+    for source, shape in ((path, (10, 15, 9)), (big, (256, 128, 96))):  # 6.2 MB, incompressible
+        fs.put(str(source), f"{name}/in/{os.path.basename(source)}")
+        url = resampling(
+            f"s3://{name}/in/{os.path.basename(source)}",
+            f"s3://{name}/out",
+            shape,
+            interpolation="nearest",
+            storage_options=options,
+        )
+        local = resampling(source, tmp_path / "local", shape, interpolation="nearest")
+        key = url[len("s3://") :].split("/", 1)[1]
+        assert fs.call_s3("head_object", Bucket=name, Key=key)["ServerSideEncryption"] == "AES256"
+        fs.invalidate_cache()
+        assert fs.cat_file(url) == read(local)
+    assert fs.info(f"{name}/out/big_resampled.nii.gz")["size"] > _storage._UPLOAD_BLOCK
+
+
+def test_an_upload_that_fails_before_a_part_asks_nothing_of_the_store(server, bucket, caplog):
+    name, fs = bucket
+    caplog.set_level(logging.INFO, logger="werkzeug")
+    with pytest.raises(RuntimeError, match="the writer broke"):
+        with _storage.Storage.of(server.options()).upload(f"s3://{name}/out/a.nii.gz") as file:
+            file.write(b"some bytes")
+            raise RuntimeError("the writer broke")
+    assert [where for _, where in requests_logged(caplog) if where.startswith(f"/{name}/out")] == []
+    assert not fs.exists(f"{name}/out/a.nii.gz")
 
 
 def test_a_failure_mid_upload_leaves_no_object_and_no_parts(server, bucket, tmp_path, rng, monkeypatch):
