@@ -315,6 +315,41 @@ def test_a_killed_runs_hidden_key_is_removed_by_the_next_run(volume, tmp_path):
         store.rm("memory://hidden", recursive=True)
 
 
+@pytest.mark.parametrize("stem", ["star*", "what?", "brack[1]", "plain"])
+def test_names_that_look_like_glob_patterns_are_written_where_they_say(volume, tmp_path, stem, monkeypatch):
+    # On a store without commits the output is written under a hidden key, then moved: fsspec's move
+    # reads its paths as glob patterns, which once moved nothing (the call said it had written the
+    # output) or failed. Here the names are folders and files; a killed run's hidden key is cleared.
+    import fsspec
+
+    from nidataset._atomic import temporary_name
+
+    store = fsspec.filesystem("memory")
+    path, _ = volume
+    root = f"memory://glob-{secrets.token_hex(4)}/{stem}"
+    for name in (stem, "other"):
+        store.put(path, f"{root}/in/{name}.nii.gz")
+    left = f"{root}/out/{stem}/{temporary_name(f'{stem}_resampled.nii.gz')}"
+    store.pipe(left, b"half an output")
+    local = read(resampling(path, tmp_path, (10, 15, 9)))
+    try:
+        single = resampling(f"{root}/in/{stem}.nii.gz", f"{root}/single", (10, 15, 9))
+        assert single == f"{root}/single/{stem}_resampled.nii.gz" and store.cat_file(single) == local
+        written = resampling_dataset(f"{root}/in/", f"{root}/out/", (10, 15, 9), progress=False)
+        assert written == [f"{root}/out/{name}/{name}_resampled.nii.gz" for name in sorted((stem, "other"))]
+        assert all(store.cat_file(url) == local for url in written)
+        # Nothing else is left: no hidden key, the killed run's included.
+        expected = {single, *written, f"{root}/in/{stem}.nii.gz", f"{root}/in/other.nii.gz"}
+        assert {f"memory://{name.lstrip('/')}" for name in store.find(root)} == expected
+        # A write that fails leaves nothing either.
+        monkeypatch.setattr(_storage._RemoteWriter, "write", fail_write)
+        with pytest.raises(OSError, match="the store broke"):
+            resampling(f"{root}/in/{stem}.nii.gz", f"{root}/broken", (10, 15, 9))
+        assert store.find(f"{root}/broken") == []
+    finally:
+        store.rm(root.rsplit("/", 1)[0], recursive=True)
+
+
 def test_credentials_stay_out_of_reprs_and_messages(capsys):
     from nidataset._options import Options
     from nidataset._runner import DatasetJob

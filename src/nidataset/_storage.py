@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 #: A URL's scheme: ``s3://``, ``gs://``, ``simplecache::s3://`` (fsspec's chained URLs) ...
 _SCHEME = re.compile(r"\A([A-Za-z][A-Za-z0-9+.-]*)(::[A-Za-z][A-Za-z0-9+.-]*)*://")
+#: What makes fsspec read a path as a glob pattern.
+_GLOB_MAGIC = re.compile(r"[*?\[]")
 #: Stores whose uploads appear under their key only once committed (multipart, resumable, block lists).
 _COMMITTING = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
 #: Bytes fetched per request while a header is checked (the header and its extensions fit in one).
@@ -348,10 +350,10 @@ class Storage:
                 waiting()
             with _failures(path, "writing"):
                 remote.close()
-                fs.mv(hidden, key)
+                _move(fs, hidden, key)
         except BaseException:
             with contextlib.suppress(Exception):
-                fs.rm(hidden)
+                fs.rm_file(hidden)
             raise
 
     def abort_unfinished(self, urls: Sequence[str]) -> int:
@@ -399,7 +401,7 @@ class Storage:
                 name = entry.rstrip("/").rsplit("/", 1)[-1]
                 if any(is_temporary_of(name, final) for final in names):
                     with contextlib.suppress(FileNotFoundError):
-                        fs.rm(entry)
+                        fs.rm_file(entry)
                         removed += 1
         return removed
 
@@ -498,6 +500,21 @@ def _protocol(fs: Any) -> str:
 
 def _bucket_url(url: str, bucket: str) -> str:
     return f"{url.split('://', 1)[0]}://{bucket}"
+
+
+def _move(fs: Any, source: str, target: str) -> None:
+    """Move the object `source` of `fs` to `target`, both names read as they are written.
+
+    fsspec's own move (a copy, then a delete, where the store has no rename) expands its paths as glob
+    patterns: a ``*``, ``?`` or ``[`` in a name would move nothing, or other objects. Such names are
+    copied and deleted one object at a time instead; the others keep the store's move (a rename on SFTP,
+    FTP, HDFS).
+    """
+    if _GLOB_MAGIC.search(source) or _GLOB_MAGIC.search(target):
+        fs.cp_file(source, target)
+        fs.rm_file(source)
+    else:
+        fs.mv(source, target)
 
 
 def _abandon(remote: Any, url: str) -> None:
