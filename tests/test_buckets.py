@@ -1302,6 +1302,9 @@ def test_missing_bucket_key_and_prefix_are_named(server, bucket, scans, tmp_path
     with pytest.raises(FileNotFoundError, match=r"no '\.nii\.gz' objects") as info:
         resampling_dataset(f"s3://{name}/nothing/", tmp_path, (9, 9, 9), storage_options=options)
     assert info.value.filename == f"s3://{name}/nothing/"
+    with pytest.raises(FileNotFoundError, match="no such bucket") as info:  # not an empty prefix
+        resampling_dataset(f"s3://{name}-absent/in/", tmp_path, (9, 9, 9), storage_options=options)
+    assert info.value.filename == f"s3://{name}-absent"
     with pytest.raises(IsADirectoryError):
         upload(fs, folder, f"{name}/dir.nii.gz")
         resampling(f"s3://{name}/dir.nii.gz", tmp_path, (9, 9, 9), storage_options=options)
@@ -1343,6 +1346,54 @@ def test_a_role_that_cannot_list_uploads_still_writes(server, bucket, volume, tm
     )
     assert fs.exists(outputs[0])
     assert "cannot list the unfinished uploads" in caplog.text
+
+
+def test_credentials_no_store_would_take_are_refused_before_any_work(
+    server, bucket, scans, tmp_path, monkeypatch
+):
+    # Local inputs, outputs in a bucket, a key the store does not know. The bucket's HEAD says only
+    # "Forbidden" (a policy may allow objects and not the bucket); the listing of unfinished uploads says
+    # why, and the run stops there, before any file is computed.
+    import urllib.request
+
+    from nidataset import _pipeline
+
+    name, _ = bucket
+    folder, paths = scans
+    computed = []
+    run = _pipeline._Run.go
+    monkeypatch.setattr(_pipeline._Run, "go", lambda self: computed.append(self) or run(self))
+
+    def check_credentials(on):  # moto's switch: every request signed by a key of its IAM, or none checked
+        address = f"{server.endpoint}/moto-api/reset-auth"
+        request = urllib.request.Request(address, b"0" if on else b"inf", {"Content-Type": "text/plain"})
+        urllib.request.urlopen(request, timeout=10).close()
+
+    check_credentials(True)
+    try:
+        with pytest.raises(PermissionError, match="access refused") as info:
+            resampling_dataset(folder, f"s3://{name}/out/", (9, 9, 9), storage_options=server.options())
+        assert info.value.filename.startswith(f"s3://{name}/out/")
+        assert "Access Key Id you provided does not exist" in str(info.value)
+        with pytest.raises(PermissionError, match="access refused"):
+            resampling(paths[0], f"s3://{name}/single/", (9, 9, 9), storage_options=server.options())
+    finally:
+        check_credentials(False)
+    assert computed == []
+
+
+def test_a_body_cut_short_on_the_clients_path_is_a_connection_error():
+    # aiohttp's ClientPayloadError (s3fs's reads), botocore's ResponseStreamingError, http.client's
+    # IncompleteRead: the store stopped answering mid-way, as on the plain path.
+    import http.client
+
+    class ClientPayloadError(Exception):  # aiohttp's, by name: aiohttp is s3fs's, not a test dependency
+        pass
+
+    for err in (ClientPayloadError("Response payload is not completed"), http.client.IncompleteRead(b"x", 9)):
+        translated = _storage._translated(err, "s3://b/k.nii.gz", "reading")
+        assert isinstance(translated, ConnectionError) and translated.filename == "s3://b/k.nii.gz"
+        assert "stopped answering" in str(translated)
 
 
 def test_an_endpoint_that_does_not_answer_is_named(tmp_path):
@@ -1506,3 +1557,20 @@ def test_a_kept_output_takes_its_turn_only_to_draw_its_missing_preview(volume):
         assert store.exists("memory://kept/out/v/v_preview.png")
     finally:
         store.rm("memory://kept", recursive=True)
+
+
+def test_the_cli_tells_a_prefix_from_a_file_and_an_input_from_an_output(server, bucket, volume):
+    # A prefix given with its slash is a folder even where its name ends in .nii.gz. A missing input is
+    # a usage error (exit 2), as a missing local folder; a missing output bucket is a failure (exit 1),
+    # as a local output folder that cannot be made, and says so on one line.
+    name, fs = bucket
+    fs.put(volume[0], f"{name}/batch.nii.gz/a.nii.gz")
+    size = ["--size", "10", "15", "9", *server.cli_options(), "-q"]
+    _, err = cli("resample", f"s3://{name}/batch.nii.gz/", f"s3://{name}/out/", *size).communicate()
+    assert fs.exists(f"{name}/out/a/a_resampled.nii.gz"), err
+    run = cli("resample", f"s3://{name}/batch.nii.gz/", f"s3://{name}-absent/out/", *size)
+    _, err = run.communicate()
+    assert run.returncode == 1 and err == f"nidataset: failed: no such bucket: 's3://{name}-absent'\n", err
+    run = cli("resample", f"s3://{name}-absent/in/", f"s3://{name}/out/", *size)
+    _, err = run.communicate()
+    assert run.returncode == 2 and f"no such bucket: 's3://{name}-absent'" in err and "usage:" in err, err

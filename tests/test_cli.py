@@ -2,8 +2,10 @@
 
 import gzip
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -326,8 +328,6 @@ def interrupt_while_writing(scans, out, workers, presses=1):
     SIGINT goes to the command's process group, as a terminal sends it. Returns the exit status, the lines
     of stderr besides the progress bar, and the command's child processes seen before the first press.
     """
-    import signal
-
     command = [sys.executable, "-m", "nidataset", "resample", str(scans), str(out)]
     command += ["--size", "208", "208", "96", "--mode", "folder", "--workers", workers]
     process = subprocess.Popen(
@@ -540,3 +540,34 @@ def test_a_line_break_in_a_file_name_stays_on_its_line(tmp_path, capsys):
     assert main(["resample", str(folder), str(tmp_path / "out"), "--size", "4", "4", "4", "-q"]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and err[0].startswith(f"nidataset: failed: {folder}/two\\nlines.nii.gz: ")
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="sends SIGINT to this thread")
+@pytest.mark.parametrize("store", ["silent", "gone"])
+def test_the_report_of_an_interrupt_never_holds_the_command(scans, tmp_path, monkeypatch, capsys, store):
+    # After a Ctrl-C the command counts the outputs again, which may ask a store that no longer answers:
+    # a second Ctrl-C cuts the count short. A store that cannot be listed is not "0 of 0 complete".
+    from nidataset import cli
+
+    listings = []
+
+    def stamps(args):
+        listings.append(args)
+        if len(listings) == 1:
+            return {str(tmp_path / "out" / "a_resampled.nii.gz"): None}
+        if store == "gone":
+            return {}
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # the second Ctrl-C
+        time.sleep(60)  # a store that does not answer
+        raise AssertionError("the second Ctrl-C did not end the count")
+
+    def interrupted(args, command, before):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_stamps", stamps)
+    monkeypatch.setattr(cli, "_resample", interrupted)
+    start = time.monotonic()
+    status = cli.main(["resample", str(scans), str(tmp_path / "out"), "--size", "4", "4", "4"])
+    assert status == 130 and time.monotonic() - start < 30 and len(listings) == 2
+    said = "nidataset: interrupted; nothing partial was left; run it again with --skip-existing to finish"
+    assert capsys.readouterr().err == said + " the rest\n"

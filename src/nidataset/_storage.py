@@ -253,18 +253,7 @@ class Storage:
             known, known_key = self.filesystem(reached)
             if known is fs and known_key.split("/", 1)[0] == bucket:
                 return url
-        where = _bucket_url(url, bucket)
-        try:
-            with _failures(where, "looking at"):
-                fs.invalidate_cache(bucket)
-                info = fs.info(bucket)
-        except FileNotFoundError as err:
-            raise FileNotFoundError(errno.ENOENT, "no such bucket", where) from err
-        except PermissionError as err:  # a policy that allows objects under a prefix, not the bucket
-            logger.info("cannot look at the bucket of %s (%s): its objects will tell", url, err.strerror)
-            return url
-        if info.get("type") == "file":  # pragma: no cover  # a bucket is never an object
-            raise NotADirectoryError(errno.ENOTDIR, "not in a bucket", url)
+        _check_bucket(fs, url, bucket)
         return url
 
     def list_folder(self, url: str, suffix: str) -> list[str]:
@@ -288,6 +277,8 @@ class Storage:
             if entry.get("type") == "file" and (name := entry["name"].rsplit("/", 1)[-1]).endswith(suffix)
         )
         if not names:
+            if not entries and _protocol(fs) in _COMMITTING:  # nothing at all: is there a bucket?
+                _check_bucket(fs, url, key.split("/", 1)[0])
             raise FileNotFoundError(errno.ENOENT, f"no '{suffix}' objects under this prefix", url)
         return [join(url, name) for name in names]
 
@@ -381,6 +372,8 @@ class Storage:
         try:
             return self._abort(call, scheme, wanted)
         except PermissionError as err:  # a role that may write objects but not list uploads: nothing lost
+            if _credentials_refused(err):  # unless no request of these credentials would be taken
+                raise
             logger.warning("cannot list the unfinished uploads under %s: %s", err.filename, err.strerror)
             return 0
 
@@ -496,6 +489,31 @@ def _stamp(info: Mapping[str, Any]) -> tuple[str, str]:
 def _protocol(fs: Any) -> str:
     protocol = fs.protocol
     return protocol if isinstance(protocol, str) else protocol[0]
+
+
+def _check_bucket(fs: Any, url: str, bucket: str) -> None:
+    """Check that `bucket` (of `url`) exists and answers.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such bucket (naming the bucket's URL).
+    NotADirectoryError, ConnectionError, OSError
+        As :class:`Storage` says. Refused credentials are not an error here: a policy may allow objects
+        under a prefix and not the bucket itself, whose objects then tell.
+    """
+    where = _bucket_url(url, bucket)
+    try:
+        with _failures(where, "looking at"):
+            fs.invalidate_cache(bucket)
+            info = fs.info(bucket)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(errno.ENOENT, "no such bucket", where) from err
+    except PermissionError as err:
+        logger.info("cannot look at the bucket of %s (%s): its objects will tell", url, err.strerror)
+        return
+    if info.get("type") == "file":  # pragma: no cover  # a bucket is never an object
+        raise NotADirectoryError(errno.ENOTDIR, "not in a bucket", url)
 
 
 def _bucket_url(url: str, bucket: str) -> str:
@@ -1110,6 +1128,11 @@ _UNREACHABLE = (
     "ServiceRequestError",
     "ServiceResponseError",
     "TransportError",  # google-auth's: its token endpoint or metadata server did not answer
+    # An answer cut short: aiohttp's ClientPayloadError, botocore's ResponseStreamingError and
+    # IncompleteReadError, http.client's IncompleteRead.
+    "ClientPayloadError",
+    "ResponseStreamingError",
+    "IncompleteRead",
 )
 #: S3's error codes, as s3fs leaves them in its messages, for refused credentials.
 _REFUSED = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "InvalidToken")
@@ -1162,6 +1185,21 @@ def _translated(err: Exception, url: str, doing: str) -> OSError:
         return OSError(errno.ESTALE, f"it changed while {doing} it ({text})", url)
     number = err.errno if isinstance(err, OSError) and err.errno else errno.EIO
     return OSError(number, f"{doing} it failed ({type(err).__name__}: {text})", url)
+
+
+def _credentials_refused(err: BaseException) -> bool:
+    """Whether the store refused `err`'s request for the credentials themselves, not for what they may do.
+
+    An unknown key, a bad signature, an expired token or none found; not S3's AccessDenied (a policy).
+    """
+    for raised in _chain(err):
+        if any(kind.__name__ in _REFUSED_KINDS for kind in type(raised).__mro__):
+            return True
+        answer = getattr(raised, "response", None)
+        code = answer.get("Error", {}).get("Code") if isinstance(answer, dict) else None
+        if code in _REFUSED and code != "AccessDenied":
+            return True
+    return False
 
 
 def _chain(err: BaseException) -> list[BaseException]:

@@ -42,10 +42,10 @@ for a file) to OUTPUT/<PREFIX>_resampled.nii.gz. Outputs appear only when comple
 killed is finished by running it again with --skip-existing.
 
 INPUT and OUTPUT may be URLs (pip install 'nidataset[cloud]'): s3://, gs://, az://, and https:// for
-an input file. A URL ending in .nii.gz is a file; any other is a folder (a prefix of keys), whose
-*.nii.gz objects directly under it are the inputs. Endpoints and credentials come from
---storage-option KEY=VALUE (VALUE read as JSON when it is JSON: anon=true), fsspec's configuration
-(FSSPEC_S3_ENDPOINT_URL=...) or the store's usual ones (AWS_PROFILE, ...).
+an input file. A URL ending in .nii.gz is a file; any other (or one ending in a slash) is a folder
+(a prefix of keys), whose *.nii.gz objects directly under it are the inputs. Endpoints and
+credentials come from --storage-option KEY=VALUE (VALUE read as JSON when it is JSON: anon=true),
+fsspec's configuration (FSSPEC_S3_ENDPOINT_URL=...) or the store's usual ones (AWS_PROFILE, ...).
 
 exit status: 0 all written, 1 some files failed (each named on stderr), 2 usage error,
 130 interrupted (what was finished stays; --skip-existing resumes)
@@ -217,10 +217,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise KeyboardInterrupt
         return status
     except KeyboardInterrupt:
-        if handler is not None:  # first: another Ctrl-C now would only cut the report short
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-        # Outputs appear only when complete, and temporary files go as the work unwinds.
-        print(_interrupted(args, before), file=sys.stderr)
+        # Outputs appear only when complete, and temporary files go as the work unwinds. Counting them
+        # may ask a store again, which may not answer: another Ctrl-C cuts the count short.
+        report = _INTERRUPTED if args is None or args.command != "resample" else _UNCOUNTED
+        try:
+            report = _interrupted(args, before)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if handler is not None:  # no third: the report is printed whole
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print(report, file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         sys.unraisablehook = hook
@@ -279,18 +286,39 @@ def _storage(args: argparse.Namespace) -> Any:
 
 
 def _is_folder(path: str) -> bool:
-    """Whether INPUT is a folder: a local folder, or a URL that does not end in .nii.gz (a prefix)."""
+    """Whether INPUT is a folder: a local folder, or a URL ending in a slash or not in .nii.gz (a prefix)."""
     from ._nifti import SUFFIX
     from ._storage import is_url, name_of
 
-    return not name_of(path).endswith(SUFFIX) if is_url(path) else os.path.isdir(path)
+    if is_url(path):  # a prefix given with its slash is a folder, whatever its name ends in
+        return path.endswith("/") or not name_of(path).endswith(SUFFIX)
+    return os.path.isdir(path)
+
+
+def _names_input(err: OSError, given: str) -> bool:
+    """Whether `err` is about the INPUT `given` (the folder, the prefix or its bucket), not the output."""
+    from ._storage import is_url
+
+    where = str(err.filename or "")
+    if not where:  # the listing of a local folder, which names it in its message only
+        return True
+    if not is_url(given):
+        where, given = os.path.abspath(where), os.path.abspath(given)
+    where, given = where.rstrip("/"), given.rstrip("/")
+    return where == given or given.startswith(where + "/")
+
+
+_INTERRUPTED = "nidataset: interrupted; nothing partial was left"
+_UNCOUNTED = f"{_INTERRUPTED}; run it again with --skip-existing to finish the rest"
 
 
 def _interrupted(args: argparse.Namespace | None, before: dict[str, tuple[int, int] | None]) -> str:
     """Say what an interrupted command finished, and how to finish the rest."""
     if args is None or args.command != "resample" or not before:
-        return "nidataset: interrupted; nothing partial was left"
+        return _INTERRUPTED
     after = _stamps(args)
+    if not after:  # the folder or the store could not be listed again
+        return _UNCOUNTED
     present = [target for target, stamp in after.items() if stamp is not None]
     new = sum(after[target] != before.get(target) for target in present)
     return (
@@ -469,8 +497,11 @@ def _resample_folder(args: argparse.Namespace, command: argparse.ArgumentParser)
         total = len(err.failures) + len(err.outputs)
         print(f"nidataset: {len(err.failures)} of {total} files failed", file=sys.stderr)
         return EXIT_FAILED, err.outputs
-    except FileNotFoundError as err:  # no .nii.gz file in the folder: checked before any work
-        command.error(_reason(err))
+    except FileNotFoundError as err:
+        if _names_input(err, args.input):  # no such folder, or no .nii.gz file in it: before any work
+            command.error(_reason(err))
+        print(f"nidataset: failed: {_reason(err)}", file=sys.stderr)  # the output's bucket, say
+        return EXIT_FAILED, []
     except OSError as err:  # e.g. an output folder that cannot be created, before any file
         print(f"nidataset: failed: {_reason(err)}", file=sys.stderr)
         return EXIT_FAILED, []
