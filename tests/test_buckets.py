@@ -272,6 +272,29 @@ def test_one_object_with_its_preview_and_every_url_form(server, bucket, volume, 
     assert from_file == str(tmp_path / "file" / "v_resampled.nii.gz") and read(from_file) == read(local)
 
 
+def test_file_urls_are_read_as_file_uris(volume, tmp_path):
+    # As pathlib writes them (percent-escapes) and with the local host named; another host is refused
+    # before anything is read or written (it once became a relative path under the current folder).
+    import shutil
+
+    path, _ = volume
+    folder = tmp_path / "my scans" / "café"
+    folder.mkdir(parents=True)
+    source = folder / "ct 1.nii.gz"
+    shutil.copy(path, source)
+    expected = read(resampling(source, tmp_path / "plain", (10, 15, 9)))
+    out = tmp_path / "out put"
+    written = resampling(source.as_uri(), out.as_uri(), (10, 15, 9))
+    assert written == str(out / "ct 1_resampled.nii.gz") and read(written) == expected
+    localhost = "file://localhost" + urllib.parse.quote(str(folder))
+    assert resampling_dataset(localhost, out.as_uri(), (10, 15, 9), progress=False) == [
+        str(out / "ct 1" / "ct 1_resampled.nii.gz")
+    ]
+    with pytest.raises(ValueError, match="names the host 'server'"):
+        resampling("file://server/share/ct.nii.gz", tmp_path / "none", (10, 15, 9))
+    assert not (tmp_path / "none").exists()
+
+
 def test_memory_urls_and_an_upload_that_fails_leaves_nothing(volume, tmp_path, monkeypatch):
     import fsspec
 

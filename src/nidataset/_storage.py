@@ -102,14 +102,32 @@ def is_url(path: str) -> bool:
 
 
 def local_path(path: str) -> str:
-    """`path` without a leading ``file://`` (a local path is returned as it is).
+    """Return the local path of a ``file://`` URL, read as a file URI (RFC 8089); a local path as it is.
+
+    Percent-escapes are decoded, as :meth:`pathlib.Path.as_uri` writes them and ``Path.from_uri`` reads
+    them; the host is empty or ``localhost``.
+
+    Raises
+    ------
+    ValueError
+        If the URL names another host (``file://server/data``): a file there is not a local file.
 
     Examples
     --------
     >>> local_path("file:///data/ct.nii.gz"), local_path("data/ct.nii.gz")
     ('/data/ct.nii.gz', 'data/ct.nii.gz')
+    >>> local_path("file://localhost/data/my%20scans/caf%C3%A9.nii.gz")
+    '/data/my scans/café.nii.gz'
     """
-    return path[len("file://") :] if path[:7].lower() == "file://" else path
+    if path[:7].lower() != "file://":
+        return path
+    host, _, rest = path[7:].partition("/")
+    if host and host.lower() != "localhost":
+        raise ValueError(
+            f"'{path}' names the host '{host}': a file:// URL names a local file, "
+            "file:///path or file://localhost/path"
+        )
+    return urllib.parse.unquote("/" + rest)
 
 
 def join(folder: str, name: str) -> str:
