@@ -571,3 +571,20 @@ def test_the_report_of_an_interrupt_never_holds_the_command(scans, tmp_path, mon
     assert status == 130 and time.monotonic() - start < 30 and len(listings) == 2
     said = "nidataset: interrupted; nothing partial was left; run it again with --skip-existing to finish"
     assert capsys.readouterr().err == said + " the rest\n"
+
+
+def test_file_urls_name_local_files(scans, tmp_path, capsys):
+    # As pathlib writes them (percent-escapes); a folder URL is a folder, and a file URL a file.
+    import shutil
+
+    folder = tmp_path / "my scans"
+    shutil.copytree(scans, folder)
+    out = tmp_path / "out put"
+    assert main(["resample", folder.as_uri(), out.as_uri(), "--size", "4", "4", "4", "-q"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a", "b", "c"]
+    single = folder / "a.nii.gz"
+    assert main(["resample", single.as_uri(), (tmp_path / "one").as_uri(), "--size", "4", "4", "4"]) == 0
+    assert (tmp_path / "one" / "a_resampled.nii.gz").is_file()
+    with pytest.raises(SystemExit) as info:
+        main(["resample", "file://server/share/", str(out), "--size", "4", "4", "4"])
+    assert info.value.code == 2 and "names the host 'server'" in capsys.readouterr().err

@@ -208,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hook, sys.unraisablehook = sys.unraisablehook, quiet_interrupts
     try:
         args = _get_parser().parse_args(argv)
+        _read_file_urls(args)
         if args.command == "preview":
             status = _preview(args, args.command_parser)
         else:
@@ -276,6 +277,19 @@ def _stamps(args: argparse.Namespace) -> dict[str, tuple[int, int] | None]:
         except OSError:
             stamps[target] = None
     return stamps
+
+
+def _read_file_urls(args: argparse.Namespace) -> None:
+    """Put the local path a file:// URL names in its place among the arguments (a usage error if none)."""
+    from ._storage import local_path
+
+    for name in ("input", "output", "original", "resampled"):
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            try:
+                setattr(args, name, local_path(value))
+            except ValueError as err:
+                args.command_parser.error(str(err))
 
 
 def _storage(args: argparse.Namespace) -> Any:
