@@ -345,3 +345,24 @@ def test_an_output_bucket_is_asked_about_unless_the_input_was_just_read_from_it(
     storage.check_output_folder(out, reached="/data/in/a.nii.gz")  # a local path
     storage.check_output_folder(out)
     assert asked == ["data"] * 4
+
+
+class PlainStore(CommittingStore):
+    """A store without commits whose files write what they hold when closed (as FTP's, SFTP's)."""
+
+    protocol = ("fake-plain",)
+
+
+def test_a_failed_write_on_a_store_without_commits_leaves_no_hidden_key():
+    # The output goes to a hidden key first. A failure deletes that key; the file, never closed, must not
+    # write it again when its finalizer closes it.
+    fsspec.register_implementation("fake-plain", PlainStore, clobber=True)
+    store = fsspec.filesystem("fake-plain")
+    store.objects.clear()
+    with pytest.raises(RuntimeError, match="mid-way"):
+        with _storage.Storage().upload("fake-plain://bucket/out/a.nii.gz") as file:
+            file.write(os.urandom(3 * 2**20))
+            raise RuntimeError("mid-way")
+    del file
+    gc.collect()
+    assert store.objects == {}

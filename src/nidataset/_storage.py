@@ -361,6 +361,8 @@ class Storage:
                 remote.close()
                 _move(fs, hidden, key)
         except BaseException:
+            with contextlib.suppress(AttributeError):  # fsspec's buffered files: their finalizer must not
+                remote.closed = True  # write what they hold after the hidden key is deleted
             with contextlib.suppress(Exception):
                 fs.rm_file(hidden)
             raise
