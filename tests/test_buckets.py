@@ -1333,27 +1333,33 @@ def test_missing_bucket_key_and_prefix_are_named(server, bucket, scans, tmp_path
         resampling(f"s3://{name}/dir.nii.gz", tmp_path, (9, 9, 9), storage_options=options)
 
 
-def test_credentials_the_store_refuses_are_named(server, bucket, volume, tmp_path):
+@contextlib.contextmanager
+def credentials_checked(server):
+    """Have moto take only requests signed by a key of its IAM (the tests' key is not) within the block."""
     import urllib.request
 
-    name, fs = bucket
-    fs.put(volume[0], f"{name}/a.nii.gz")
-
-    def check_credentials(on):  # moto's switch: every request signed by a key of its IAM, or none checked
+    def switch(on):
         address = f"{server.endpoint}/moto-api/reset-auth"
         request = urllib.request.Request(address, b"0" if on else b"inf", {"Content-Type": "text/plain"})
         urllib.request.urlopen(request, timeout=10).close()
 
-    check_credentials(True)
+    switch(True)
     try:
+        yield
+    finally:
+        switch(False)
+
+
+def test_credentials_the_store_refuses_are_named(server, bucket, volume, tmp_path):
+    name, fs = bucket
+    fs.put(volume[0], f"{name}/a.nii.gz")
+    with credentials_checked(server):
         with pytest.raises(PermissionError, match="access refused") as info:
             resampling(f"s3://{name}/a.nii.gz", tmp_path, (9, 9, 9), storage_options=server.options())
         assert info.value.filename == f"s3://{name}/a.nii.gz"
         with pytest.raises(PermissionError, match="access refused") as info:
             resampling_dataset(f"s3://{name}/", tmp_path, (9, 9, 9), storage_options=server.options())
         assert info.value.filename == f"s3://{name}/"
-    finally:
-        check_credentials(False)
 
 
 def test_a_role_that_cannot_list_uploads_still_writes(server, bucket, volume, tmp_path, monkeypatch, caplog):
@@ -1377,8 +1383,6 @@ def test_credentials_no_store_would_take_are_refused_before_any_work(
     # Local inputs, outputs in a bucket, a key the store does not know. The bucket's HEAD says only
     # "Forbidden" (a policy may allow objects and not the bucket); the listing of unfinished uploads says
     # why, and the run stops there, before any file is computed.
-    import urllib.request
-
     from nidataset import _pipeline
 
     name, _ = bucket
@@ -1386,22 +1390,13 @@ def test_credentials_no_store_would_take_are_refused_before_any_work(
     computed = []
     run = _pipeline._Run.go
     monkeypatch.setattr(_pipeline._Run, "go", lambda self: computed.append(self) or run(self))
-
-    def check_credentials(on):  # moto's switch: every request signed by a key of its IAM, or none checked
-        address = f"{server.endpoint}/moto-api/reset-auth"
-        request = urllib.request.Request(address, b"0" if on else b"inf", {"Content-Type": "text/plain"})
-        urllib.request.urlopen(request, timeout=10).close()
-
-    check_credentials(True)
-    try:
+    with credentials_checked(server):
         with pytest.raises(PermissionError, match="access refused") as info:
             resampling_dataset(folder, f"s3://{name}/out/", (9, 9, 9), storage_options=server.options())
         assert info.value.filename.startswith(f"s3://{name}/out/")
         assert "Access Key Id you provided does not exist" in str(info.value)
         with pytest.raises(PermissionError, match="access refused"):
             resampling(paths[0], f"s3://{name}/single/", (9, 9, 9), storage_options=server.options())
-    finally:
-        check_credentials(False)
     assert computed == []
 
 
