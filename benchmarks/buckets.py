@@ -20,7 +20,9 @@ max(time(disk), time(transfer)) <= 1.3, with workers=2 (b against a, c) and on D
 Beside each ratio, the CPU seconds per volume of every process that worked during the row (this one:
 its pool, or the Dask scheduler and client; the S3 server; the Dask workers), for both jobs and the
 bare transfer: where the disk job already keeps the cores busy, the bucket job's time grows with the
-CPU its requests cost on both ends, the server's included (it runs on the same cores).
+CPU its requests cost on both ends, the server's included (it runs on the same cores). (A pool's
+processes count where they are this process's children: not under the "forkserver" start method, which
+the line then says. With --latency, the relay's threads count in this process's CPU.)
 Then, per volume, for the "cost on paper" of a large collection: the CPU seconds of the workers=2 job
 (user + sys of a fresh process and its pool, imports included; disk -> disk beside it), the bytes that
 crossed the network each way (counted by a relay in front of the server, HTTP headers included; the
@@ -44,6 +46,7 @@ import inspect
 import io
 import json
 import logging
+import multiprocessing
 import os
 import re
 import shutil
@@ -414,6 +417,8 @@ def time_part(args, root, server, fs, relay):
         if not local_cpu:  # tiny scans, on a coarse clock
             continue
         lines.append("   CPU per volume (this process and its pool, the S3 server, the Dask workers):")
+        if local == DISK and multiprocessing.get_start_method() == "forkserver":
+            lines[-1] += " (not the disk job's pool: its processes are the forkserver's children)"
         for what, name in (("disk", local), ("bucket", remote), ("transfer alone (s3fs)", S3FS)):
             total, own, served, workers = (round(1000 * seconds) for seconds in cpu[name])
             lines.append(f"     {what:<22} {total:4d} ms ({own} + {served} + {workers})")

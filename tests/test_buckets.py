@@ -292,6 +292,9 @@ def test_file_urls_are_read_as_file_uris(volume, tmp_path):
     ]
     with pytest.raises(ValueError, match="names the host 'server'"):
         resampling("file://server/share/ct.nii.gz", tmp_path / "none", (10, 15, 9))
+    for nothing in ("file://", "file://localhost"):  # (not the root folder, nor the current one)
+        with pytest.raises(ValueError, match="names no file"):
+            resampling(source, nothing, (10, 15, 9))
     assert not (tmp_path / "none").exists()
 
 
@@ -1398,6 +1401,26 @@ def test_credentials_no_store_would_take_are_refused_before_any_work(
         with pytest.raises(PermissionError, match="access refused"):
             resampling(paths[0], f"s3://{name}/single/", (9, 9, 9), storage_options=server.options())
     assert computed == []
+
+
+def test_no_credentials_at_all_are_refused_before_any_work(server, bucket, scans, monkeypatch):
+    # Nothing in the options, the environment or the configuration files: botocore finds none.
+    from nidataset import _pipeline
+
+    for variable in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(variable)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # (no instance to ask either)
+    name, _ = bucket
+    folder, _ = scans
+    computed = []
+    run = _pipeline._Run.go
+    monkeypatch.setattr(_pipeline._Run, "go", lambda self: computed.append(self) or run(self))
+    options = {"endpoint_url": server.endpoint, **FAST}
+    with pytest.raises(PermissionError, match="access refused") as info:
+        resampling_dataset(folder, f"s3://{name}/out/", (9, 9, 9), storage_options=options)
+    assert info.value.filename.startswith(f"s3://{name}/out/") and computed == []
 
 
 def test_a_body_cut_short_on_the_clients_path_is_a_connection_error():

@@ -348,9 +348,51 @@ def test_an_output_bucket_is_asked_about_unless_the_input_was_just_read_from_it(
 
 
 class PlainStore(CommittingStore):
-    """A store without commits whose files write what they hold when closed (as FTP's, SFTP's)."""
+    """A store without commits whose files write what they hold when closed, with a rename of its own
+    and no copy (as FTP's, SFTP's)."""
 
     protocol = ("fake-plain",)
+
+    def mv(self, path1, path2, **kwargs):
+        path1, path2 = self._strip_protocol(path1), self._strip_protocol(path2)
+        self.objects[path2] = self.objects.pop(path1)
+
+
+class RmOnlyStore(PlainStore):
+    """A store that deletes by its own rm only (as Databricks')."""
+
+    protocol = ("fake-rmonly",)
+
+    def rm_file(self, path):
+        raise NotImplementedError
+
+    def rm(self, path, recursive=False, maxdepth=None):
+        self.objects.pop(self._strip_protocol(path))
+
+
+@pytest.mark.parametrize("name", ["plain", "st*r", "what?", "brack[1]"])
+def test_a_store_with_its_own_rename_writes_any_name(name):
+    # Its rename takes names as they are; fsspec's generic move (a copy, then a delete) would read them as
+    # glob patterns, and this store has no copy.
+    fsspec.register_implementation("fake-plain", PlainStore, clobber=True)
+    store = fsspec.filesystem("fake-plain")
+    store.objects.clear()
+    data = os.urandom(1000)
+    with _storage.Storage().upload(f"fake-plain://bucket/out/{name}.nii.gz") as file:
+        file.write(data)
+    assert {key: value[0] for key, value in store.objects.items()} == {f"bucket/out/{name}.nii.gz": data}
+
+
+def test_a_store_that_deletes_by_rm_only_has_a_killed_runs_hidden_key_removed():
+    from nidataset._atomic import temporary_name
+
+    fsspec.register_implementation("fake-rmonly", RmOnlyStore, clobber=True)
+    store = fsspec.filesystem("fake-rmonly")
+    store.objects.clear()
+    store.objects["bucket/out/" + temporary_name("a.nii.gz")] = (b"half", 1)
+    store.objects["bucket/out/notes.txt"] = (b"theirs", 2)
+    assert _storage.Storage().abort_unfinished(["fake-rmonly://bucket/out/a.nii.gz"]) == 1
+    assert list(store.objects) == ["bucket/out/notes.txt"]
 
 
 def test_a_failed_write_on_a_store_without_commits_leaves_no_hidden_key():

@@ -121,13 +121,17 @@ def local_path(path: str) -> str:
     """
     if path[:7].lower() != "file://":
         return path
-    host, _, rest = path[7:].partition("/")
+    host, slash, rest = path[7:].partition("/")
+    if os.name == "nt" and re.fullmatch(r"[A-Za-z][:|]", host):  # file://C:/data, as older tools write
+        host, rest = "", f"{host}/{rest}"
+    if not slash:
+        raise ValueError(f"'{path}' names no file: a file:// URL is file:///path or file://localhost/path")
     if host and host.lower() != "localhost":
         raise ValueError(
             f"'{path}' names the host '{host}': a file:// URL names a local file, "
             "file:///path or file://localhost/path"
         )
-    return urllib.parse.unquote("/" + rest)
+    return urllib.request.url2pathname("/" + rest)  # (on Windows, /C:/data is C:\\data)
 
 
 def join(folder: str, name: str) -> str:
@@ -155,9 +159,23 @@ def name_of(path: str) -> str:
     """
     if not is_url(path):
         return os.path.basename(path)
-    if path[:4].lower() == "http":
-        path = path.split("?", 1)[0].split("#", 1)[0]
-    return path.rstrip("/").rsplit("/", 1)[-1]
+    return _address(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def ends_in_slash(url: str) -> bool:
+    """Whether the URL ends in a slash (an HTTP URL's query aside): it names a folder, a prefix.
+
+    Examples
+    --------
+    >>> ends_in_slash("s3://bucket/scans.nii.gz/"), ends_in_slash("https://host/ct.nii.gz?sig=a/")
+    (True, False)
+    """
+    return _address(url).endswith("/")
+
+
+def _address(url: str) -> str:
+    """`url` without an HTTP URL's query and fragment (an object store's key may hold ``?`` and ``#``)."""
+    return url.split("?", 1)[0].split("#", 1)[0] if url[:4].lower() == "http" else url
 
 
 @dataclass(frozen=True)
@@ -364,7 +382,7 @@ class Storage:
             with contextlib.suppress(AttributeError):  # fsspec's buffered files: their finalizer must not
                 remote.closed = True  # write what they hold after the hidden key is deleted
             with contextlib.suppress(Exception):
-                fs.rm_file(hidden)
+                _remove(fs, hidden)
             raise
 
     def abort_unfinished(self, urls: Sequence[str]) -> int:
@@ -413,9 +431,14 @@ class Storage:
             for entry in entries:
                 name = entry.rstrip("/").rsplit("/", 1)[-1]
                 if any(is_temporary_of(name, final) for final in names):
-                    with contextlib.suppress(FileNotFoundError):
-                        fs.rm_file(entry)
-                        removed += 1
+                    try:
+                        _remove(fs, entry)
+                    except FileNotFoundError:
+                        continue
+                    except NotImplementedError:
+                        logger.warning("cannot delete %s, left by a killed run, from this store", entry)
+                        continue
+                    removed += 1
         return removed
 
     @staticmethod
@@ -543,16 +566,28 @@ def _bucket_url(url: str, bucket: str) -> str:
 def _move(fs: Any, source: str, target: str) -> None:
     """Move the object `source` of `fs` to `target`, both names read as they are written.
 
-    fsspec's own move (a copy, then a delete, where the store has no rename) expands its paths as glob
-    patterns: a ``*``, ``?`` or ``[`` in a name would move nothing, or other objects. Such names are
-    copied and deleted one object at a time instead; the others keep the store's move (a rename on SFTP,
-    FTP, HDFS).
+    fsspec's generic move (a copy, then a delete: ``memory://``...) expands its paths as glob patterns: a
+    ``*``, ``?`` or ``[`` in a name would move nothing, or other objects. There such names are copied and
+    deleted one object at a time instead. A store's own move (a rename: FTP, SFTP, HDFS) is used as it is.
     """
-    if _GLOB_MAGIC.search(source) or _GLOB_MAGIC.search(target):
+    from fsspec import AbstractFileSystem
+
+    generic = getattr(type(fs), "mv", None) is AbstractFileSystem.mv
+    if generic and (_GLOB_MAGIC.search(source) or _GLOB_MAGIC.search(target)):
         fs.cp_file(source, target)
-        fs.rm_file(source)
+        _remove(fs, source)
     else:
         fs.mv(source, target)
+
+
+def _remove(fs: Any, path: str) -> None:
+    """Delete the object `path` of `fs`, its name read as it is written (not as a glob pattern)."""
+    try:
+        fs.rm_file(path)
+    except NotImplementedError:  # a store with its own rm only (Databricks')
+        if _GLOB_MAGIC.search(path):
+            raise
+        fs.rm(path)
 
 
 def _abandon(remote: Any, url: str) -> None:
@@ -1156,6 +1191,14 @@ _UNREACHABLE = (
 )
 #: S3's error codes, as s3fs leaves them in its messages, for refused credentials.
 _REFUSED = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "InvalidToken")
+#: S3's error codes for requests refused whatever they ask: the credentials (or the clock) are wrong.
+_UNSIGNABLE = (
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "RequestTimeTooSkewed",
+)
 #: Names of the exceptions of refused or missing credentials: google-auth's, azure-core's, botocore's.
 _REFUSED_KINDS = ("RefreshError", "DefaultCredentialsError", "ClientAuthenticationError", "NoCredentials")
 
@@ -1210,14 +1253,15 @@ def _translated(err: Exception, url: str, doing: str) -> OSError:
 def _credentials_refused(err: BaseException) -> bool:
     """Whether the store refused `err`'s request for the credentials themselves, not for what they may do.
 
-    An unknown key, a bad signature, an expired token or none found; not S3's AccessDenied (a policy).
+    An unknown key, a bad signature, an expired token, a clock too far off, or no credentials found; not
+    S3's AccessDenied (a policy).
     """
     for raised in _chain(err):
-        if any(kind.__name__ in _REFUSED_KINDS for kind in type(raised).__mro__):
-            return True
+        if any(word in kind.__name__ for kind in type(raised).__mro__ for word in _REFUSED_KINDS):
+            return True  # (botocore's NoCredentialsError...)
         answer = getattr(raised, "response", None)
         code = answer.get("Error", {}).get("Code") if isinstance(answer, dict) else None
-        if code in _REFUSED and code != "AccessDenied":
+        if code in _UNSIGNABLE:
             return True
     return False
 

@@ -302,10 +302,10 @@ def _storage(args: argparse.Namespace) -> Any:
 def _is_folder(path: str) -> bool:
     """Whether INPUT is a folder: a local folder, or a URL ending in a slash or not in .nii.gz (a prefix)."""
     from ._nifti import SUFFIX
-    from ._storage import is_url, name_of
+    from ._storage import ends_in_slash, is_url, name_of
 
     if is_url(path):  # a prefix given with its slash is a folder, whatever its name ends in
-        return path.endswith("/") or not name_of(path).endswith(SUFFIX)
+        return ends_in_slash(path) or not name_of(path).endswith(SUFFIX)
     return os.path.isdir(path)
 
 
