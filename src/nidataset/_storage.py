@@ -110,7 +110,8 @@ def local_path(path: str) -> str:
     Raises
     ------
     ValueError
-        If the URL names another host (``file://server/data``): a file there is not a local file.
+        If the URL names another host (``file://server/data``: a file there is not a local file), or no
+        path (``file://``, ``file://localhost``).
 
     Examples
     --------
