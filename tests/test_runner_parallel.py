@@ -1,6 +1,10 @@
 """Datasets on local processes, any Executor, and a real Dask cluster: the same bytes, every failure named."""
 
+import multiprocessing
 import os
+import subprocess
+import sys
+import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -105,6 +109,120 @@ def test_progress_bar_advances_per_finished_file(dataset, tmp_path, capsys):
     resampling_dataset(dataset, tmp_path, SIZE, workers=2)
     err = capsys.readouterr().err
     assert "5/5" in err and "Resampling" in err
+
+
+START_METHOD = """
+import multiprocessing, sys
+from nidataset import resampling_dataset
+folder, out = sys.argv[1:]
+resampling_dataset(folder, out + "/serial", (9, 10, 7), progress=False)
+resampling_dataset(folder, out + "/pool", (9, 10, 7), workers=2, progress=False)
+print(multiprocessing.get_start_method(allow_none=True))
+multiprocessing.set_start_method("spawn")  # the caller's choice is still open
+"""
+
+
+def test_the_process_start_method_is_left_to_the_caller(dataset, tmp_path):
+    # Neither a serial run without a bar nor the local pool fix the start method for the process.
+    done = subprocess.run(
+        [sys.executable, "-c", START_METHOD, str(dataset), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None"]
+    assert len(os.listdir(tmp_path / "pool")) == 5
+
+
+POOL = """
+import multiprocessing, sys
+from nidataset import resampling_dataset
+method, folder, out = sys.argv[1:]
+multiprocessing.set_start_method(method)
+print("\\n".join(resampling_dataset(folder, out, (9, 10, 7), workers=2, progress=False)))
+"""
+
+METHODS = [m for m in ("fork", "spawn", "forkserver") if m in multiprocessing.get_all_start_methods()]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_pool_starts_its_processes_the_callers_way(dataset, serial, tmp_path, method):
+    # With forkserver, the fork server (not the caller) is the pool processes' parent.
+    done = subprocess.run(
+        [sys.executable, "-c", POOL, method, str(dataset), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert contents(done.stdout.split()) == contents(serial[1])
+
+
+ORPHANS = """
+import multiprocessing, os, sys
+import numpy as np
+from helpers import write_nifti
+from nidataset import resampling_dataset
+method, folder = sys.argv[1:]
+multiprocessing.set_start_method(method)
+for i in range(12):
+    write_nifti(os.path.join(folder, f"{i}.nii.gz"), np.ones((120, 120, 60), np.int16))
+print("started", flush=True)
+resampling_dataset(folder, os.path.join(folder, "out"), (240, 240, 120), workers=2, progress=False)
+"""
+
+
+def descendants(pid):
+    """The processes started by `pid`, by theirs, and so on (read off /proc)."""
+    children = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found.update(below)
+        todo += below
+    return found
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("method", METHODS)
+def test_the_pool_ends_with_a_killed_caller(tmp_path, method):
+    # Killed (SIGKILL: no cleanup of its own), the caller leaves no process of its pool behind.
+    tests = os.path.dirname(__file__)
+    caller = subprocess.Popen(
+        [sys.executable, "-c", ORPHANS, method, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": tests},
+    )
+    try:
+        assert caller.stdout.readline() == b"started\n"
+        deadline = time.monotonic() + 60
+        while len(pool := descendants(caller.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(pool) >= 2
+    finally:
+        caller.kill()
+        caller.wait()
+        caller.stdout.close()
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in pool) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in pool if alive(pid)]
 
 
 def test_failures_in_workers_are_reported_and_the_rest_written(dataset, tmp_path):

@@ -276,7 +276,7 @@ def run(
             failures[index] = err
 
     if executor is None and workers == 1:
-        for index, path in enumerate(Bar(inputs, desc=desc, unit="file", disable=not progress)):
+        for index, path in enumerate(Bar(inputs, desc=desc, unit="file") if progress else inputs):
             record(index, job, path)
     else:
         from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -291,13 +291,13 @@ def run(
             pool = ThreadPoolExecutor(3 * size, thread_name_prefix="nidataset-file")
             task = functools.partial(_Turns(size, stop).run, job)
         else:
-            pool = ProcessPoolExecutor(size, initializer=_start_pool_process, initargs=(os.getpid(),))
+            pool = ProcessPoolExecutor(size, _pool_context(), initializer=_start_pool_process)
             task = functools.partial(_interruptible, job)
         futures = {}
         try:
             for index, path in enumerate(inputs):
                 futures[pool.submit(task, path)] = index
-            with Bar(total=len(inputs), desc=desc, unit="file", disable=not progress) as bar:
+            with Bar(total=len(inputs), desc=desc, unit="file") if progress else _NoBar() as bar:
                 for future in as_completed(futures):
                     record(futures[future], future.result)
                     bar.update()
@@ -317,6 +317,32 @@ def run(
             [(inputs[i], failures[i]) for i in sorted(failures)], [results[i] for i in sorted(results)]
         )
     return [results[i] for i in range(len(inputs))]
+
+
+class _NoBar:
+    """Where no progress bar is shown: no tqdm at all (its first bar fixes the process's start method)."""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def update(self) -> None:
+        """Show nothing."""
+
+
+def _pool_context() -> Any:
+    """Return the start method's context for the local pool, without fixing the process's own.
+
+    ``multiprocessing.get_context()`` with no name, which the pool calls when given none, sets the
+    process's start method for good: a caller's ``set_start_method`` would then fail. Named, the
+    context is the one the caller set, or the platform's default (the first of all start methods).
+    """
+    import multiprocessing
+
+    method = multiprocessing.get_start_method(allow_none=True)
+    return multiprocessing.get_context(method or multiprocessing.get_all_start_methods()[0])
 
 
 @contextlib.contextmanager
@@ -391,7 +417,7 @@ def _shut_down_threads(pool: Executor) -> None:
         raise
 
 
-def _start_pool_process(parent: int) -> None:
+def _start_pool_process() -> None:
     """Start a process of the local pool (its own process: these settings are the library's to make).
 
     - Ctrl-C reaches it only while it works on a file (:func:`_interruptible`): the terminal sends SIGINT
@@ -399,20 +425,38 @@ def _start_pool_process(parent: int) -> None:
       and break the pool, which then kills the others mid-write, leaving their temporary files behind.
     - An interrupt that Python can only discard (one raised in a weakref callback or ``__del__``) is
       discarded without a traceback.
-    - On Linux, it ends when `parent` does: its siblings hold the pipe it waits on open, so it would
-      otherwise wait for work forever.
+    - It ends when the caller's process does: its siblings hold the pipe it waits on open, so it would
+      otherwise wait for work forever. On Linux, where the caller started it (``fork``, ``spawn``), the
+      kernel ends it; otherwise (``forkserver``: the fork server, which lives as long as any of its
+      processes, started it) a thread of its own waits for the caller's end.
     """
+    import multiprocessing
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.unraisablehook = quiet_interrupts
-    if sys.platform.startswith("linux"):
+    caller = multiprocessing.parent_process()
+    if caller is None:  # pragma: no cover (a pool's process always has one)
+        return
+    if sys.platform.startswith("linux") and os.getppid() == caller.pid:
         import ctypes
 
         try:
             ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):  # pragma: no cover
             pass
-    if os.getppid() != parent:  # the parent ended before the line above: end now
-        os._exit(1)
+        else:
+            if os.getppid() != caller.pid:  # the caller ended before the line above: end now
+                os._exit(1)
+            return
+    threading.Thread(target=_end_with, args=(caller.sentinel,), name="nidataset-caller", daemon=True).start()
+
+
+def _end_with(sentinel: int) -> None:
+    """Wait for the caller's process to end (its `sentinel` is ready), then end as the kernel would."""
+    from multiprocessing.connection import wait
+
+    wait([sentinel])
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def quiet_interrupts(unraisable: Any) -> None:
