@@ -126,3 +126,40 @@ def peak_allocation(function):
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     return peak
+
+
+def process_parents():
+    """Map the pid of each process to its parent's (Linux: read off /proc; elsewhere, nothing)."""
+    parents = {}
+    for entry in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):  # it ended meanwhile
+            continue
+    return parents
+
+
+def child_processes(parent):
+    """The pids of the processes whose parent is `parent`."""
+    return [pid for pid, of in process_parents().items() if of == parent]
+
+
+def descendants(pid):
+    """The pids of the processes `pid` started, those they started, and so on."""
+    parents = process_parents()
+    found, todo = set(), [pid]
+    while todo:
+        below = [child for child, of in parents.items() if of == todo.pop()]
+        found.update(below)
+        todo += below
+    return found
+
+
+def alive(pid):
+    """Whether `pid` runs (a zombie, ended but not yet waited for, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

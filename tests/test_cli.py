@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from helpers import write_nifti
+from helpers import child_processes, write_nifti
 from nidataset import resampling_dataset
 from nidataset._phantom import ct_phantom
 from nidataset.cli import main
@@ -115,6 +115,14 @@ def test_output_that_cannot_be_created_exit_1(scans, tmp_path, capsys):
         ),
         (["resample", "{empty}", "{out}", "--size", "4", "4", "4"], r"no '\.nii\.gz' files in"),
         (
+            ["resample", "{raw}", "{out}", "--size", "4", "4", "4"],
+            r"no '\.nii\.gz' files in .*raw' \(it holds 2 '\.nii' files, uncompressed NIfTI: gzip them first",
+        ),
+        (
+            ["resample", "{raw}/a.nii", "{out}", "--size", "4", "4", "4"],
+            r"got '.*a\.nii' \('\.nii' is uncompressed NIfTI: gzip it first, e\.g\. gzip -k FILE\.nii\)",
+        ),
+        (
             [
                 "resample",
                 "{scans}",
@@ -141,7 +149,10 @@ def test_output_that_cannot_be_created_exit_1(scans, tmp_path, capsys):
 def test_usage_errors_exit_2(scans, tmp_path, capsys, argv, message):
     (scans / "notes.txt").write_text("hello")
     (tmp_path / "empty").mkdir()
-    fields = {"scans": scans, "out": tmp_path / "out", "empty": tmp_path / "empty"}
+    (tmp_path / "raw").mkdir()
+    for name in ("a.nii", "b.nii"):
+        (tmp_path / "raw" / name).write_bytes(b"")
+    fields = {"scans": scans, "out": tmp_path / "out", "empty": tmp_path / "empty", "raw": tmp_path / "raw"}
     with pytest.raises(SystemExit) as info:
         main([a.format(**fields) for a in argv])
     assert info.value.code == 2
@@ -151,12 +162,30 @@ def test_usage_errors_exit_2(scans, tmp_path, capsys, argv, message):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_a_url_without_fsspec_is_a_usage_error(scans, tmp_path, capsys, monkeypatch, where):
+    monkeypatch.setitem(sys.modules, "fsspec", None)  # as if the cloud extra were not installed
+    monkeypatch.setitem(sys.modules, "fsspec.core", None)
+    url = "s3://bucket/scans/"
+    argv = [url, str(tmp_path / "out")] if where == "input" else [str(scans), url]
+    with pytest.raises(SystemExit) as info:
+        main(["resample", *argv, "--size", "4", "4", "4"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: '{url}' is a URL: reading and writing URLs needs fsspec" in err
+    assert "pip install 'nidataset[cloud]'" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_help_shows_examples_and_exit_codes(capsys):
     with pytest.raises(SystemExit) as info:
         main(["resample", "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "examples:\n  nidataset resample scans/patient_001.nii.gz resampled/ --size 224 224 128" in out
+    assert (
+        "--size 224 224 128 \\\n      --scheduler tcp://" in out
+    )  # a command on two lines, as a shell reads it
     assert "exit status: 0 all written, 1 some files failed" in out
 
 
@@ -350,20 +379,6 @@ def interrupt_while_writing(scans, out, workers, presses=1):
             process.kill()
     lines = [line for line in err.replace("\r", "\n").splitlines() if line and "Resampling" not in line]
     return process.returncode, lines, children
-
-
-def child_processes(parent):
-    """The pids of the processes whose parent is `parent` (Linux: read from /proc; elsewhere none)."""
-    found = []
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if entry.isdigit() and int(fields[1]) == parent:
-            found.append(int(entry))
-    return found
 
 
 class TestInterrupt:

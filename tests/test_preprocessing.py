@@ -95,8 +95,9 @@ def test_missing_file(tmp_path):
 def test_rejects_names_not_ending_in_nii_gz(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(b"whatever")
-    with pytest.raises(ValueError, match=rf"must be a '\.nii\.gz' file, got '.*{name}'"):
+    with pytest.raises(ValueError, match=rf"must be a '\.nii\.gz' file, got '.*{name}'") as info:
         resampling(path, tmp_path / "out", (2, 2, 2))
+    assert ("'.nii' is uncompressed NIfTI: gzip it first" in str(info.value)) == name.endswith(".nii")
     assert not (tmp_path / "out").exists()
 
 

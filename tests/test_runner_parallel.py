@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import write_nifti
+from helpers import alive, descendants, write_nifti
 from nidataset import DatasetError, _runner, resampling_dataset
 from nidataset._options import available_cores
 
@@ -171,32 +171,6 @@ for i in range(12):
 print("started", flush=True)
 resampling_dataset(folder, os.path.join(folder, "out"), (240, 240, 120), workers=2, progress=False)
 """
-
-
-def descendants(pid):
-    """The processes started by `pid`, by theirs, and so on (read off /proc)."""
-    children = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(parent, []).append(int(entry))
-    found, todo = set(), [pid]
-    while todo:
-        below = children.get(todo.pop(), [])
-        found.update(below)
-        todo += below
-    return found
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

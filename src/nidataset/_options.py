@@ -103,6 +103,17 @@ def check_installed(module: str, feature: str, install: str | None = None) -> No
         )
 
 
+def uncompressed_hint(*names: str, folder: bool = False) -> str:
+    """Say how to read the uncompressed NIfTI files (``.nii``) among `names`, if any (those of a `folder`)."""
+    count = sum(name.endswith(".nii") for name in names)
+    if not count:
+        return ""
+    if not folder:
+        return " ('.nii' is uncompressed NIfTI: gzip it first, e.g. gzip -k FILE.nii)"
+    files, them = ("1 '.nii' file", "it") if count == 1 else (f"{count} '.nii' files", "them")
+    return f" (it holds {files}, uncompressed NIfTI: gzip {them} first, e.g. gzip -k FILE.nii)"
+
+
 def check_input_file(path: str, suffix: str) -> str:
     """Check that `path` is a regular file (or a link to one) whose name ends in `suffix`; return it.
 
@@ -137,7 +148,7 @@ def check_input_file(path: str, suffix: str) -> str:
             f"'{path}' is a folder, not a '{suffix}' file (resampling_dataset() resamples a folder)"
         )
     if not path.endswith(suffix):
-        raise ValueError(f"the input file must be a '{suffix}' file, got '{path}'")
+        raise ValueError(f"the input file must be a '{suffix}' file, got '{path}'{uncompressed_hint(path)}")
     if not stat.S_ISREG(mode):
         from ._nifti import InvalidVolumeError
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _nifti
-from ._options import Options, check_input_file
+from ._options import Options, check_input_file, uncompressed_hint
 from ._pipeline import resample_file
 from ._storage import LOCAL, Storage, clients_shared_by_threads, is_url, join
 
@@ -84,9 +84,10 @@ def list_inputs(folder: str | os.PathLike, suffix: str, storage: Storage = LOCAL
             raise FileNotFoundError(f"the dataset folder '{folder}' is a file, not a folder")
         raise FileNotFoundError(f"the dataset folder '{folder}' does not exist")
     with os.scandir(folder) as entries:
-        names = sorted(e.name for e in entries if e.name.endswith(suffix))
+        every = [e.name for e in entries]
+    names = sorted(name for name in every if name.endswith(suffix))
     if not names:
-        raise FileNotFoundError(f"no '{suffix}' files in '{folder}'")
+        raise FileNotFoundError(f"no '{suffix}' files in '{folder}'{uncompressed_hint(*every, folder=True)}")
     return [os.path.join(folder, name) for name in names]
 
 

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from ._atomic import atomic_file, is_temporary_of, temporary_name
+from ._options import uncompressed_hint
 
 __all__ = ["LOCAL", "Storage", "clients_shared_by_threads", "is_url", "join", "name_of"]
 
@@ -273,7 +274,7 @@ class Storage:
                 errno.EISDIR, f"a folder, not a '{suffix}' object (resampling_dataset() resamples one)", url
             )
         if not name_of(url).endswith(suffix):
-            raise ValueError(f"the input file must be a '{suffix}' file, got '{url}'")
+            raise ValueError(f"the input file must be a '{suffix}' file, got '{url}'{uncompressed_hint(url)}")
         return url
 
     def check_output_folder(self, url: str, reached: str | None = None) -> str:

@@ -33,7 +33,7 @@ examples:
   nidataset resample masks/ resampled/ --size 224 224 128 --interpolation label --align center
   nidataset resample scans/ small/ --size 64 64 32 --antialias --preview
   nidataset resample s3://bucket/scans/ s3://bucket/resampled/ --size 224 224 128 --workers 2
-  nidataset resample s3://bucket/scans/ s3://bucket/resampled/ --size 224 224 128 \
+  nidataset resample s3://bucket/scans/ s3://bucket/resampled/ --size 224 224 128 \\
       --scheduler tcp://10.0.0.5:8786 --storage-option endpoint_url=https://s3.example.org
 
 A folder INPUT resamples every *.nii.gz directly inside it. With --mode case (the default for a
@@ -156,8 +156,8 @@ def _get_parser() -> argparse.ArgumentParser:
     preview = commands.add_parser(
         "preview",
         help="draw the mid-planes of a volume and of its resampled version side by side",
-        description="Draw the axial, coronal and sagittal mid-planes of both volumes in world millimetres, "
-        "with the subject's directions on their edges, titled with file name, shape and spacing "
+        description="Draw the axial, coronal and sagittal mid-planes of both volumes in world millimetres,\n"
+        "with the subject's directions on their edges, titled with file name, shape and spacing\n"
         "(needs matplotlib).",
         epilog="example:\n  nidataset preview scans/ct.nii.gz resampled/ct_resampled.nii.gz -o ct.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -357,6 +357,8 @@ def _resample(
         check_options(args.interpolation, args.antialias, args.align, args.preview)
         if args.scheduler:
             check_installed("distributed", "--scheduler")
+        for url in filter(is_url, (args.input, args.output)):
+            _storage(args).filesystem(url)  # fsspec and the protocol's package installed, the options valid
     except ImportError as err:
         command.error(str(err).replace("preview=True", "--preview"))
     except ValueError as err:
@@ -454,11 +456,14 @@ def _preview(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
 
 def _resample_file(args: argparse.Namespace, command: argparse.ArgumentParser) -> tuple[int, list[str]]:
     from ._nifti import SUFFIX, prefix
+    from ._options import uncompressed_hint
     from ._storage import join, name_of
     from .preprocessing import resampling
 
     if not name_of(args.input).endswith(SUFFIX):
-        command.error(f"INPUT must be a folder or a '{SUFFIX}' file, got '{args.input}'")
+        command.error(
+            f"INPUT must be a folder or a '{SUFFIX}' file, got '{args.input}'{uncompressed_hint(args.input)}"
+        )
     folder = args.output
     if args.mode == "case":
         folder = join(folder, prefix(args.input))
