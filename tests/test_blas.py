@@ -4,6 +4,7 @@ import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from threadpoolctl import threadpool_info
 
 from nidataset import _blas, _nifti
@@ -72,3 +73,54 @@ def test_one_blas_thread_is_counted_across_threads():
     leave.set()
     other.join()
     assert blas_threads() == before
+
+
+def test_a_count_someone_else_set_meanwhile_stays(monkeypatch):
+    # Another library's limiter ending while a call runs sets its own count back: the call leaves it.
+    from threadpoolctl import ThreadpoolController
+
+    blas = ThreadpoolController().select(user_api="blas")
+    original = blas_threads()
+    try:
+        with _blas.one_blas_thread():
+            blas.limit(limits=3)
+        assert blas_threads() == [3] * len(original)
+    finally:
+        blas.limit(limits=max(original))
+    assert blas_threads() == original
+
+
+# An interrupt that lands in a finalizer is printed and dropped (as Python does): not a failure here.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_interrupts_anywhere_leave_blas_as_it_was():
+    # Ctrl-C (a signal's KeyboardInterrupt) at random moments of entering and leaving, 1,500 times.
+    import random
+    import signal
+    import time
+
+    original = blas_threads()
+    assert original, "a BLAS is loaded (numpy's)"
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    rng, interrupted = random.Random(5), 0
+    try:
+        while interrupted < 1500:
+            try:
+                signal.setitimer(signal.ITIMER_REAL, rng.uniform(0, 0.003))
+                with _blas.one_blas_thread():
+                    pass
+                time.sleep(0.004)
+            except KeyboardInterrupt:
+                interrupted += 1
+            finally:
+                try:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                except KeyboardInterrupt:
+                    interrupted += 1
+            assert blas_threads() == original
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -17,20 +17,36 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = ["one_blas_thread"]
 
-_lock = threading.Lock()
-_users = 0
+_lock = threading.RLock()  # re-entered by a finalizer that runs while it is held
+
+
+class _Token:
+    """One call inside :func:`one_blas_thread`."""
+
+
+#: The calls inside :func:`one_blas_thread`: the first to enter sets the counts, the last to leave puts
+#: them back. A set, not a count: a token is taken out once however often its call tries; and a weak
+#: one, so that a call an interrupt kept from leaving leaves when its token is gone.
+_callers: weakref.WeakSet[_Token] = weakref.WeakSet()
+#: What puts each process-wide count back, filled before the count is changed.
 _restore: list[Callable[[], None]] = []
 
 
 @contextlib.contextmanager
 def one_blas_thread() -> Iterator[None]:
     """Keep every loaded BLAS on one thread while the block runs; restore what was there after.
+
+    A count that someone else changed while the block ran (another library's limiter ending) is theirs
+    and stays. The counts are put back even when an interrupt (Ctrl-C) comes while they are set or
+    restored.
 
     Examples
     --------
@@ -41,14 +57,18 @@ def one_blas_thread() -> Iterator[None]:
     """
     from threadpoolctl import ThreadpoolController
 
-    global _users
     controller = ThreadpoolController()
     blas = [info for info in controller.info() if info["user_api"] == "blas"]
-    with _lock:
-        if _users == 0:
-            _restore[:] = [_limit_process_wide(controller, info) for info in blas if _process_wide(info)]
-        _users += 1
+    token = _Token()
+    finalizer = weakref.finalize(token, _leave, None)  # if an interrupt keeps the call from leaving
     try:
+        with _lock:
+            first = not _callers
+            _callers.add(token)
+            if first:
+                for info in blas:
+                    if _process_wide(info):
+                        _limit_process_wide(controller, info, _restore)
         per_thread = controller.select(
             filepath=[info["filepath"] for info in blas if not _process_wide(info)]
         )
@@ -59,12 +79,26 @@ def one_blas_thread() -> Iterator[None]:
             if limiter is not None:
                 limiter.restore_original_limits()
     finally:
-        with _lock:
-            _users -= 1
-            if _users == 0:
-                for restore in _restore:
-                    restore()
-                _restore.clear()
+        _leave(token)
+        finalizer.detach()
+
+
+def _leave(token: _Token | None) -> None:
+    """Take `token` out; the last caller out puts the counts back. An interrupt meanwhile waits till then."""
+    interrupted: KeyboardInterrupt | None = None
+    while True:
+        try:
+            with _lock:
+                if token is not None:
+                    _callers.discard(token)
+                while not _callers and _restore:
+                    _restore[-1]()  # putting a count back twice does no harm
+                    _restore.pop()
+            break
+        except KeyboardInterrupt as err:
+            interrupted = err
+    if interrupted is not None:
+        raise interrupted
 
 
 def _process_wide(info: dict[str, Any]) -> bool:
@@ -77,16 +111,27 @@ def _process_wide(info: dict[str, Any]) -> bool:
     return info.get("internal_api") in ("blis", "flexiblas")
 
 
-def _limit_process_wide(controller: Any, info: dict[str, Any]) -> Callable[[], None]:
-    """Set a process-wide BLAS to one thread; return what sets it back."""
+def _limit_process_wide(controller: Any, info: dict[str, Any], restore: list[Callable[[], None]]) -> None:
+    """Set a process-wide BLAS to one thread, having first added to `restore` what sets it back."""
     if info.get("internal_api") != "openblas":  # threadpoolctl sets these from any thread
-        limiter = controller.select(filepath=info["filepath"]).limit(limits=1)
-        return limiter.restore_original_limits
-    return _limit_openblas(info)
+        library = controller.select(filepath=info["filepath"])
+        before = info["num_threads"]
+        restore.append(lambda: library.limit(limits=before) if _counts(library) == {1} else None)
+        library.limit(limits=1)
+        return
+    _limit_openblas(info, restore)
 
 
-def _limit_openblas(info: dict[str, Any]) -> Callable[[], None]:
-    """Set an OpenBLAS library to one thread through its own functions; return what sets it back."""
+def _counts(library: Any) -> set[int]:
+    """Return the thread counts of the libraries in threadpoolctl's `library` selection."""
+    return {info["num_threads"] for info in library.info()}
+
+
+def _limit_openblas(info: dict[str, Any], restore: list[Callable[[], None]]) -> None:
+    """Set an OpenBLAS library to one thread through its own functions.
+
+    What sets it back is added to `restore` first; it leaves a count someone else changed meanwhile.
+    """
     library = ctypes.CDLL(info["filepath"])  # already loaded: the same handle
     for prefix in ("", "scipy_"):
         for suffix in ("", "64_", "_64"):
@@ -95,7 +140,12 @@ def _limit_openblas(info: dict[str, Any]) -> Callable[[], None]:
             if get is not None and put is not None:
                 get.restype = ctypes.c_int
                 put.argtypes = [ctypes.c_int]
-                before = int(get())
+                restore.append(functools.partial(_put_back, get, put, int(get())))
                 put(1)
-                return lambda: put(before)
-    return lambda: None
+                return
+
+
+def _put_back(get: Any, put: Any, before: int) -> None:
+    """Set an OpenBLAS count back to `before`, unless it is no longer the 1 this module set."""
+    if int(get()) == 1:
+        put(before)
