@@ -256,6 +256,33 @@ def test_dask_scheduler(scans, tmp_path):
         assert (tmp_path / "dask" / file).read_bytes() == (tmp_path / "local" / file).read_bytes()
 
 
+def test_main_from_another_thread_changes_no_process_setting(scans, tmp_path, monkeypatch):
+    # Signals reach the main thread only: from another, main() leaves the handler and hook alone, so that
+    # calls in several threads cannot put back each other's.
+    import nidataset.cli
+
+    seen = []
+    real = nidataset.cli._resample
+
+    def spy(*args):
+        seen.append((sys.unraisablehook, signal.getsignal(signal.SIGINT)))
+        return real(*args)
+
+    monkeypatch.setattr(nidataset.cli, "_resample", spy)
+    before = (sys.unraisablehook, signal.getsignal(signal.SIGINT))
+    status = []
+    thread = threading.Thread(
+        target=lambda: status.append(
+            main(["resample", str(scans), str(tmp_path / "out"), "--size", "4", "4", "4"])
+        )
+    )
+    thread.start()
+    thread.join()
+    assert status == [0]
+    assert seen == [before]
+    assert (sys.unraisablehook, signal.getsignal(signal.SIGINT)) == before
+
+
 def run_command(*args, **kwargs):
     return subprocess.run(args, capture_output=True, text=True, timeout=120, **kwargs)
 

@@ -184,13 +184,43 @@ def _get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line with `argv` (default: ``sys.argv[1:]``); returns the exit status.
+    """Run the ``nidataset`` command line.
 
-    Ctrl-C ends it with status 130 and one line saying what is complete. While it runs, it takes SIGINT
-    itself (so that an interrupt Python would discard, raised in a weakref callback or ``__del__``, still
-    ends the command) and hides the tracebacks of such discarded interrupts; the handler and
-    ``sys.unraisablehook`` are put back when it returns. Run as the program (`argv` None), it ignores
-    Ctrl-C once it is done: what is left is the interpreter's exit.
+    Ctrl-C ends it with status 130 and one line saying what is complete. Called from the main thread,
+    it takes SIGINT itself while it runs (so that an interrupt Python would discard, raised in a weakref
+    callback or ``__del__``, still ends the command) and hides the tracebacks of such discarded
+    interrupts; the handler and ``sys.unraisablehook`` are put back when it returns. From another
+    thread it changes neither. Run as the program (`argv` None), it ignores Ctrl-C once it is done:
+    what is left is the interpreter's exit.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments, without the program's name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status: 0 all written, 1 some files failed (each named on stderr), 130 interrupted.
+
+    Raises
+    ------
+    SystemExit
+        As argparse does: status 2 on a usage error (the message on stderr), 0 after ``--help`` or
+        ``--version``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import nibabel as nib
+    >>> import numpy as np
+    >>> folder = tempfile.mkdtemp()
+    >>> scan = os.path.join(folder, "scan.nii.gz")
+    >>> nib.save(nib.Nifti1Image(np.zeros((20, 20, 10), np.int16), np.eye(4)), scan)
+    >>> main(["resample", scan, os.path.join(folder, "out"), "--size", "10", "10", "5"])
+    0
+    >>> os.listdir(os.path.join(folder, "out"))
+    ['scan_resampled.nii.gz']
     """
     args = None
     before: dict[str, tuple[int, int] | None] = {}
@@ -202,10 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ._runner import quiet_interrupts
 
-    handler = None
-    if threading.current_thread() is threading.main_thread():
+    handler = hook = None
+    if threading.current_thread() is threading.main_thread():  # where Python takes signals
         handler = signal.signal(signal.SIGINT, interrupt)
-    hook, sys.unraisablehook = sys.unraisablehook, quiet_interrupts
+        hook, sys.unraisablehook = sys.unraisablehook, quiet_interrupts
     try:
         args = _get_parser().parse_args(argv)
         _read_file_urls(args)
@@ -231,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(report, file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        sys.unraisablehook = hook
+        if hook is not None:
+            sys.unraisablehook = hook
         if handler is not None:
             signal.signal(signal.SIGINT, signal.SIG_IGN if argv is None else handler)
 
