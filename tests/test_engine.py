@@ -42,10 +42,8 @@ def test_matches_scipy_mirror_spline_float32(old, new, rng):
 @pytest.fixture
 def small_pieces(monkeypatch):
     """Tiny tiles and slabs: many tiles per axis, many slabs per array, tiles spanning slabs."""
-    monkeypatch.setattr(_operators, "TILE_ROWS", 3)
-    _operators._cached_operator.cache_clear()
-    yield 50  # values per slab
-    _operators._cached_operator.cache_clear()
+    monkeypatch.setattr(_operators, "TILE_ROWS", 3)  # a part of the operators' cache key
+    return 50  # values per slab
 
 
 @pytest.mark.parametrize("antialias", [False, True])

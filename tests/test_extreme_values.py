@@ -227,10 +227,8 @@ def test_64_bit_range_clipped_exactly():
 @pytest.fixture
 def small_pieces(monkeypatch):
     """Tiles of 3 rows and slabs of 50 values: scaling switches on with rows of many tiles held."""
-    monkeypatch.setattr(_operators, "TILE_ROWS", 3)
-    _operators._cached_operator.cache_clear()
-    yield 50
-    _operators._cached_operator.cache_clear()
+    monkeypatch.setattr(_operators, "TILE_ROWS", 3)  # a part of the operators' cache key
+    return 50
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -77,3 +77,12 @@ def test_gain_is_the_largest_absolute_row_sum_of_the_spline_matrix():
         assert abs(op.gain - np.abs(matrix).sum(axis=1).max()) < 1e-9
         assert 1 <= op.gain < 1.55  # cardinal cubic splines' Lebesgue constant is 1.5490...
         assert axis_operator(old, new, order=1).gain == 1  # convex weights
+
+
+def test_the_tile_size_is_part_of_the_operators_cache_key(monkeypatch):
+    rows = _operators.TILE_ROWS
+    default = axis_operator(40, 97, order=3)  # cached with the default tile size
+    monkeypatch.setattr(_operators, "TILE_ROWS", 5)
+    op = axis_operator(40, 97, order=3)
+    assert {t.hi - t.lo for t in default.tiles[:-1]} == {rows} != {5}
+    assert {t.hi - t.lo for t in op.tiles[:-1]} == {5}

@@ -183,11 +183,13 @@ def axis_operator(
     if sigma == 0 and old == new and align in ALIGNS:
         return None  # both alignments sample 0, 1, ..., n - 1
     positions = sample_positions(old, new, align)
-    return _cached_operator(positions.tobytes(), old, order, float(sigma), np.dtype(dtype).str)
+    return _cached_operator(positions.tobytes(), old, order, float(sigma), np.dtype(dtype).str, TILE_ROWS)
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_operator(positions_bytes: bytes, old: int, order: int, sigma: float, dtype: str) -> AxisOperator:
+def _cached_operator(
+    positions_bytes: bytes, old: int, order: int, sigma: float, dtype: str, tile_rows: int
+) -> AxisOperator:
     positions = np.frombuffer(positions_bytes, dtype=np.float64)
     ftype = np.dtype(dtype)
     tol = float(np.finfo(ftype).eps) / 64
@@ -197,8 +199,8 @@ def _cached_operator(positions_bytes: bytes, old: int, order: int, sigma: float,
         taps = linear_taps(positions, old)
         index, weights = taps.taps, taps.weights
     tiles = []
-    for lo in range(0, len(positions), TILE_ROWS):
-        hi = min(lo + TILE_ROWS, len(positions))
+    for lo in range(0, len(positions), tile_rows):
+        hi = min(lo + tile_rows, len(positions))
         a, b, block = _scatter(index[lo:hi], weights[lo:hi])  # W
         if order == 3:
             a, b, block = _then(block, _spline_inverse_rows(a, b, old, tol))  # W B^-1
