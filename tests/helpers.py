@@ -150,7 +150,8 @@ def descendants(pid):
     parents = process_parents()
     found, todo = set(), [pid]
     while todo:
-        below = [child for child, of in parents.items() if of == todo.pop()]
+        parent = todo.pop()
+        below = [child for child, of in parents.items() if of == parent]
         found.update(below)
         todo += below
     return found
