@@ -378,11 +378,12 @@ class TestKill:
             assert (out / name).read_bytes() == (clean / name).read_bytes()
 
 
-def interrupt_while_writing(scans, out, workers, presses=1):
+def interrupt_while_writing(scans, out, workers, presses=1, group=True):
     """Run the command on `scans`; Ctrl-C it `presses` times (20 ms apart) while an output is written.
 
-    SIGINT goes to the command's process group, as a terminal sends it. Returns the exit status, the lines
-    of stderr besides the progress bar, and the command's child processes seen before the first press.
+    SIGINT goes to the command's process group, as a terminal sends it (or, unless `group`, to the
+    command's process alone, as ``kill -INT`` or a notebook's interrupt does). Returns the exit status, the
+    lines of stderr besides the progress bar, and the command's child processes seen before the first press.
     """
     command = [sys.executable, "-m", "nidataset", "resample", str(scans), str(out)]
     command += ["--size", "208", "208", "96", "--mode", "folder", "--workers", workers]
@@ -399,7 +400,7 @@ def interrupt_while_writing(scans, out, workers, presses=1):
         for press in range(presses):
             if press:
                 time.sleep(0.02)
-            os.killpg(process.pid, signal.SIGINT)
+            (os.killpg if group else os.kill)(process.pid, signal.SIGINT)
         _, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
@@ -423,6 +424,19 @@ class TestInterrupt:
         names = TestKill.listing(out)
         assert f"{len(names)} of 6 outputs complete" in lines[0]
         for name in names:  # no temporary file: only complete outputs
+            assert (out / name).read_bytes() == (clean / name).read_bytes()
+
+    def test_sigint_to_the_command_alone_stops_the_files_of_its_pool(self, kill_dataset, tmp_path):
+        # The pool's processes do not get the signal: the command tells them, and the files they work
+        # on stop at their next slab instead of running to the end (6 files, 2 at once).
+        scans, clean = kill_dataset
+        out = tmp_path / "out"
+        returncode, lines, _ = interrupt_while_writing(scans, out, "2", group=False)
+        assert returncode == 130
+        assert len(lines) == 1 and lines[0].startswith("nidataset: interrupted; "), lines
+        names = TestKill.listing(out)
+        assert len(names) <= 1, names  # the two in progress did not go on (nor did a third start)
+        for name in names:
             assert (out / name).read_bytes() == (clean / name).read_bytes()
 
 

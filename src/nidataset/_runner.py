@@ -282,7 +282,7 @@ def run(
     else:
         from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 
-        stop = threading.Event()
+        stop: Any = threading.Event()  # set when the run is interrupted
         size = min(workers, len(inputs))
         if executor is not None:
             pool, task = executor, job
@@ -292,7 +292,9 @@ def run(
             pool = ThreadPoolExecutor(3 * size, thread_name_prefix="nidataset-file")
             task = functools.partial(_Turns(size, stop).run, job)
         else:
-            pool = ProcessPoolExecutor(size, _pool_context(), initializer=_start_pool_process)
+            context = _pool_context()
+            stop = context.Event()  # shared with the pool's processes: their files stop at the next slab
+            pool = ProcessPoolExecutor(size, context, initializer=_start_pool_process, initargs=(stop,))
             task = functools.partial(_interruptible, job)
         futures = {}
         try:
@@ -303,7 +305,7 @@ def run(
                     record(futures[future], future.result)
                     bar.update()
         except BaseException:
-            stop.set()  # a thread pool's files stop at their next slab
+            stop.set()  # the files of a thread or process pool stop at their next slab
             for future in futures:
                 future.cancel()
             raise
@@ -418,9 +420,16 @@ def _shut_down_threads(pool: Executor) -> None:
         raise
 
 
-def _start_pool_process() -> None:
+#: In a process of the local pool only: the run's event, set when it is interrupted.
+_pool_stop: Any = None
+
+
+def _start_pool_process(stop: Any) -> None:
     """Start a process of the local pool (its own process: these settings are the library's to make).
 
+    - Its files stop at their next slab once `stop` (a ``multiprocessing.Event``) is set: the caller was
+      interrupted, even by a SIGINT sent to the caller's process alone (``kill -INT``, a notebook's
+      interrupt button).
     - Ctrl-C reaches it only while it works on a file (:func:`_interruptible`): the terminal sends SIGINT
       to every process of the group, and a pool process that took it while waiting for work would die
       and break the pool, which then kills the others mid-write, leaving their temporary files behind.
@@ -433,6 +442,8 @@ def _start_pool_process() -> None:
     """
     import multiprocessing
 
+    global _pool_stop
+    _pool_stop = stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.unraisablehook = quiet_interrupts
     caller = multiprocessing.parent_process()
@@ -470,10 +481,13 @@ def quiet_interrupts(unraisable: Any) -> None:
         sys.__unraisablehook__(unraisable)
 
 
-def _interruptible(job: Callable[[str], str], path: str) -> str:
-    """Run `job` on `path` in a pool process, taking Ctrl-C as KeyboardInterrupt meanwhile."""
+def _interruptible(job: Callable[..., str], path: str) -> str:
+    """Run `job` on `path` in a pool process, taking Ctrl-C as KeyboardInterrupt meanwhile.
+
+    It stops at its next slab once the run's event is set (:func:`_start_pool_process`).
+    """
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return job(path)
+        return job(path, stop=_pool_stop)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
