@@ -440,6 +440,20 @@ class TestInterrupt:
             assert (out / name).read_bytes() == (clean / name).read_bytes()
 
 
+def test_a_single_file_in_case_mode_never_writes_outside_output(tmp_path, capsys):
+    # "...nii.gz": its prefix ".." cannot name a case folder (it would be OUTPUT's parent).
+    scans, out = tmp_path / "scans", tmp_path / "deep" / "out"
+    scans.mkdir()
+    write_nifti(scans / "...nii.gz", np.ones((6, 6, 6), np.int16))
+    status = main(["resample", str(scans / "...nii.gz"), str(out), "--size", "4", "4", "4", "--mode", "case"])
+    assert status == 1
+    assert "cannot name a case folder: its prefix is '..'" in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "scans",
+        "scans/...nii.gz",
+    ]
+
+
 def test_each_bad_entry_of_a_folder_is_one_line(scans, tmp_path, capsys):
     (scans / "loop.nii.gz").symlink_to("loop.nii.gz")
     os.mkfifo(scans / "pipe.nii.gz")

@@ -36,6 +36,7 @@ __all__ = [
     "case_folder",
     "is_dask",
     "list_inputs",
+    "output_folder",
     "remove_stale_temporaries",
     "run",
     "without_outputs",
@@ -91,8 +92,8 @@ def list_inputs(folder: str | os.PathLike, suffix: str, storage: Storage = LOCAL
     return [os.path.join(folder, name) for name in names]
 
 
-def without_outputs(job: DatasetJob, inputs: Sequence[str]) -> list[str]:
-    """Return `inputs` less the files that are outputs of `job` for other inputs.
+def without_outputs(target: Callable[[str], str], inputs: Sequence[str]) -> list[str]:
+    """Return `inputs` less the files that are outputs (``target(input)``) of other inputs.
 
     Such files are an earlier run's outputs when the output folder is the input folder: a run never takes
     its own outputs as inputs (they would be read and replaced at once).
@@ -100,7 +101,7 @@ def without_outputs(job: DatasetJob, inputs: Sequence[str]) -> list[str]:
     outputs = set()
     for path in inputs:
         try:
-            outputs.add(_real(job.target(path)))
+            outputs.add(_real(target(path)))
         except ValueError:
             pass  # reported when that file runs
     kept = [path for path in inputs if _real(path) not in outputs]
@@ -138,7 +139,7 @@ class DatasetJob:
 
     def folder(self, path: str) -> str:
         """Return the output folder of the input `path`."""
-        return self.root if self.saving_mode == "folder" else join(self.root, case_folder(path))
+        return output_folder(self.root, self.saving_mode, path)
 
     def target(self, path: str) -> str:
         """Return the output file of the input `path`."""
@@ -197,6 +198,24 @@ def _leave_thread_pool() -> None:
         secede()
     except Exception as err:  # not a worker's task thread (get_worker raises ValueError)
         logger.debug("this task keeps its thread: %s", err)
+
+
+def output_folder(root: str, saving_mode: str, path: str) -> str:
+    """Return the folder under `root` that the output of the input `path` goes in.
+
+    Raises
+    ------
+    ValueError
+        If ``saving_mode="case"`` and the name of `path` cannot name a folder (see :func:`case_folder`).
+
+    Examples
+    --------
+    >>> output_folder("out", "case", "scans/patient_001.nii.gz")
+    'out/patient_001'
+    >>> output_folder("s3://bucket/out/", "folder", "scans/patient_001.nii.gz")
+    's3://bucket/out/'
+    """
+    return root if saving_mode == "folder" else join(root, case_folder(path))
 
 
 def case_folder(path: str) -> str:

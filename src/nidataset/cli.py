@@ -270,43 +270,39 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _stamps(args: argparse.Namespace) -> dict[str, tuple[int, int] | None]:
     """Map each output the command would write to its (inode, mtime), or None where there is none yet.
 
-    Inputs that are outputs of other inputs (OUTPUT is INPUT) are left out, as the library leaves them out.
+    The outputs are the library's (:func:`~nidataset._runner.output_folder`): inputs that are outputs of
+    other inputs (OUTPUT is INPUT) are left out, and so are inputs whose name cannot name a case folder.
     An input folder that cannot be listed gives nothing here: the command reports it.
     """
-    from ._nifti import SUFFIX, output_name, prefix
+    from ._nifti import SUFFIX, output_name
+    from ._runner import list_inputs, output_folder, without_outputs
     from ._storage import is_url, join
 
     storage = _storage(args)
+    mode = args.mode or ("case" if _is_folder(args.input) else "folder")
+
+    def target(path: str) -> str:
+        return join(output_folder(args.output, mode, path), output_name(path))
+
     try:
-        if _is_folder(args.input):
-            if is_url(args.input):
-                inputs = storage.list_folder(args.input, SUFFIX)
-            else:
-                names = sorted(name for name in os.listdir(args.input) if name.endswith(SUFFIX))
-                inputs = [os.path.join(args.input, name) for name in names]
-            mode = args.mode or "case"
-        else:
-            inputs, mode = [args.input], args.mode or "folder"
+        inputs = list_inputs(args.input, SUFFIX, storage) if _is_folder(args.input) else [args.input]
         remote = storage.stamps(args.output) if is_url(args.output) else {}
     except (OSError, ImportError, ValueError):
         return {}
-    targets = {
-        path: join(join(args.output, prefix(path)) if mode == "case" else args.output, output_name(path))
-        for path in inputs
-    }
-    real = {target: target if is_url(target) else os.path.realpath(target) for target in targets.values()}
     stamps: dict[str, Any] = {}
-    for path, target in targets.items():
-        if (path if is_url(path) else os.path.realpath(path)) in real.values():
+    for path in without_outputs(target, inputs):
+        try:
+            output = target(path)
+        except ValueError:  # reported when that file runs
             continue
-        if is_url(target):
-            stamps[target] = remote.get(target)
+        if is_url(output):
+            stamps[output] = remote.get(output)
             continue
         try:
-            info = os.stat(target)
-            stamps[target] = (info.st_ino, info.st_mtime_ns)
+            info = os.stat(output)
+            stamps[output] = (info.st_ino, info.st_mtime_ns)
         except OSError:
-            stamps[target] = None
+            stamps[output] = None
     return stamps
 
 
@@ -486,19 +482,18 @@ def _preview(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
 
 
 def _resample_file(args: argparse.Namespace, command: argparse.ArgumentParser) -> tuple[int, list[str]]:
-    from ._nifti import SUFFIX, prefix
+    from ._nifti import SUFFIX
     from ._options import uncompressed_hint
-    from ._storage import join, name_of
+    from ._runner import output_folder
+    from ._storage import name_of
     from .preprocessing import resampling
 
     if not name_of(args.input).endswith(SUFFIX):
         command.error(
             f"INPUT must be a folder or a '{SUFFIX}' file, got '{args.input}'{uncompressed_hint(args.input)}"
         )
-    folder = args.output
-    if args.mode == "case":
-        folder = join(folder, prefix(args.input))
     try:
+        folder = output_folder(args.output, args.mode or "folder", args.input)
         output = resampling(
             args.input, folder, args.size, args.debug, **_options(args), skip_existing=args.skip_existing
         )

@@ -340,7 +340,7 @@ def resampling_dataset(
     folder = _check_output_folder(output_path, storage, reached=source)
     on_dask = _runner.is_dask(executor)
     job = _runner.DatasetJob(folder, saving_mode, shape, options, threads, skip_existing, storage, on_dask)
-    inputs = _runner.without_outputs(job, inputs)
+    inputs = _runner.without_outputs(job.target, inputs)
     _runner.remove_stale_temporaries(job, inputs)
     # Files in a bucket wait on the store as much as on the cores: threads of this process run them,
     # sharing its client of the store (fsspec >= 2026.6), which each process of a pool would make
