@@ -142,6 +142,14 @@ def test_output_that_cannot_be_created_exit_1(scans, tmp_path, capsys):
             ["resample", "{scans}", "{out}", "--size", "4", "4", "4", "--scheduler", "nonsense://x"],
             "cannot connect",
         ),
+        (
+            ["resample", "{scans}/a.nii.gz", "{out}/a.nii.gz", "--size", "4", "4", "4"],
+            r"OUTPUT is the folder the results go in, got '.*/out/a\.nii\.gz', which names a file",
+        ),
+        (
+            ["resample", "{scans}", "s3://bucket/out/a.nii.gz", "--size", "4", "4", "4"],
+            r"got 's3://bucket/out/a\.nii\.gz', which names a file: each result is named <PREFIX>_resampled",
+        ),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         ([], "required: COMMAND"),
     ],

@@ -327,7 +327,7 @@ def _storage(args: argparse.Namespace) -> Any:
 
 
 def _is_folder(path: str) -> bool:
-    """Whether INPUT is a folder: a local folder, or a URL ending in a slash or not in .nii.gz (a prefix)."""
+    """Whether a path is a folder: a local folder, or a URL ending in a slash or not in .nii.gz (a prefix)."""
     from ._nifti import SUFFIX
     from ._storage import ends_in_slash, is_url, name_of
 
@@ -371,8 +371,9 @@ def _interrupted(args: argparse.Namespace | None, before: dict[str, tuple[int, i
 def _resample(
     args: argparse.Namespace, command: argparse.ArgumentParser, before: dict[str, tuple[int, int] | None]
 ) -> int:
+    from ._nifti import SUFFIX
     from ._options import check_installed, check_options
-    from ._storage import is_url
+    from ._storage import is_url, name_of
 
     if not is_url(args.input) and not os.path.lexists(args.input):
         command.error(f"INPUT '{args.input}' does not exist")
@@ -380,6 +381,11 @@ def _resample(
         command.error("give --workers or --scheduler, not both")
     if not _is_folder(args.input) and (args.workers > 1 or args.scheduler):
         command.error("--workers and --scheduler share out the files of a folder; INPUT is one file")
+    if not _is_folder(args.output) and name_of(args.output).endswith(SUFFIX):
+        command.error(
+            f"OUTPUT is the folder the results go in, got '{args.output}', which names a file: each result "
+            f"is named <PREFIX>_resampled{SUFFIX} (a folder of that name, if it exists, is taken)"
+        )
     try:
         check_options(args.interpolation, args.antialias, args.align, args.preview)
         if args.scheduler:
