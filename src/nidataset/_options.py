@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._operators import ALIGNS
+from ._paths import uncompressed_hint
 
 __all__ = [
     "ALIGNS",
@@ -101,17 +102,6 @@ def check_installed(module: str, feature: str, install: str | None = None) -> No
         raise ImportError(
             f"{feature} needs {module}, which is not installed: pip install {install or module}"
         )
-
-
-def uncompressed_hint(*names: str, folder: bool = False) -> str:
-    """Say how to read the uncompressed NIfTI files (``.nii``) among `names`, if any (those of a `folder`)."""
-    count = sum(name.endswith(".nii") for name in names)
-    if not count:
-        return ""
-    if not folder:
-        return " ('.nii' is uncompressed NIfTI: gzip it first, e.g. gzip -k FILE.nii)"
-    files, them = ("1 '.nii' file", "it") if count == 1 else (f"{count} '.nii' files", "them")
-    return f" (it holds {files}, uncompressed NIfTI: gzip {them} first, e.g. gzip -k FILE.nii)"
 
 
 def check_input_file(path: str, suffix: str) -> str:

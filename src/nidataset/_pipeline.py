@@ -50,7 +50,8 @@ from ._engine import (
 from ._labels import LabelEngine
 from ._nonfinite import NonFinitePatch
 from ._options import Options
-from ._storage import LOCAL, Storage, is_url, join, name_of
+from ._paths import is_url, join, name_of
+from ._storage import LOCAL, Storage
 
 __all__ = ["resample_file"]
 

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _nifti
-from ._options import Options, check_input_file, uncompressed_hint
+from ._options import Options, check_input_file
+from ._paths import is_url, join, uncompressed_hint
 from ._pipeline import resample_file
-from ._storage import LOCAL, Storage, clients_shared_by_threads, is_url, join
+from ._storage import LOCAL, Storage, clients_shared_by_threads
 
 logger = logging.getLogger(__name__)
 

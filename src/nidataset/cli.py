@@ -275,8 +275,8 @@ def _stamps(args: argparse.Namespace) -> dict[str, tuple[int, int] | None]:
     An input folder that cannot be listed gives nothing here: the command reports it.
     """
     from ._nifti import SUFFIX, output_name
+    from ._paths import is_url, join
     from ._runner import list_inputs, output_folder, without_outputs
-    from ._storage import is_url, join
 
     storage = _storage(args)
     mode = args.mode or ("case" if _is_folder(args.input) else "folder")
@@ -308,7 +308,7 @@ def _stamps(args: argparse.Namespace) -> dict[str, tuple[int, int] | None]:
 
 def _read_file_urls(args: argparse.Namespace) -> None:
     """Put the local path a file:// URL names in its place among the arguments (a usage error if none)."""
-    from ._storage import local_path
+    from ._paths import local_path
 
     for name in ("input", "output", "original", "resampled"):
         value = getattr(args, name, None)
@@ -329,7 +329,7 @@ def _storage(args: argparse.Namespace) -> Any:
 def _is_folder(path: str) -> bool:
     """Whether a path is a folder: a local folder, or a URL ending in a slash or not in .nii.gz (a prefix)."""
     from ._nifti import SUFFIX
-    from ._storage import ends_in_slash, is_url, name_of
+    from ._paths import ends_in_slash, is_url, name_of
 
     if is_url(path):  # a prefix given with its slash is a folder, whatever its name ends in
         return ends_in_slash(path) or not name_of(path).endswith(SUFFIX)
@@ -338,7 +338,7 @@ def _is_folder(path: str) -> bool:
 
 def _names_input(err: OSError, given: str) -> bool:
     """Whether `err` is about the INPUT `given` (the folder, the prefix or its bucket), not the output."""
-    from ._storage import is_url
+    from ._paths import is_url
 
     where = str(err.filename or "")
     if not where:  # the listing of a local folder, which names it in its message only
@@ -373,7 +373,7 @@ def _resample(
 ) -> int:
     from ._nifti import SUFFIX
     from ._options import check_installed, check_options
-    from ._storage import is_url, name_of
+    from ._paths import is_url, name_of
 
     if not is_url(args.input) and not os.path.lexists(args.input):
         command.error(f"INPUT '{args.input}' does not exist")
@@ -452,7 +452,7 @@ def _options(args: argparse.Namespace) -> dict:
 def _preview(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
     from ._nifti import SUFFIX
     from ._options import check_input_file, check_installed
-    from ._storage import is_url, name_of
+    from ._paths import is_url, name_of
 
     storage = _storage(args)
     try:
@@ -489,9 +489,8 @@ def _preview(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
 
 def _resample_file(args: argparse.Namespace, command: argparse.ArgumentParser) -> tuple[int, list[str]]:
     from ._nifti import SUFFIX
-    from ._options import uncompressed_hint
+    from ._paths import name_of, uncompressed_hint
     from ._runner import output_folder
-    from ._storage import name_of
     from .preprocessing import resampling
 
     if not name_of(args.input).endswith(SUFFIX):

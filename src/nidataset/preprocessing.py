@@ -12,11 +12,12 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
-from . import _nifti, _options, _runner, _storage
+from . import _nifti, _options, _runner
 from ._nifti import InvalidVolumeError
+from ._paths import is_url, join, local_path
 from ._pipeline import resample_file
 from ._runner import DatasetError
-from ._storage import Storage, is_url, local_path
+from ._storage import Storage
 
 __all__ = ["DatasetError", "InvalidVolumeError", "resampling", "resampling_dataset"]
 
@@ -186,7 +187,7 @@ def resampling(
     threads = _options.resolve_threads(threads)
     skip_existing = _options.check_flag("skip_existing", skip_existing)
     folder = _check_output_folder(output_path, storage, reached=path)
-    storage.abort_unfinished([_storage.join(folder, _nifti.output_name(path))])  # left by a killed run
+    storage.abort_unfinished([join(folder, _nifti.output_name(path))])  # left by a killed run
     target = resample_file(
         path, folder, shape, options, threads=threads, skip_existing=skip_existing, storage=storage
     )
