@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from helpers import write_nifti
-from nidataset import _storage
+from nidataset import _remote_io, _storage, _store_errors
 from nidataset.preprocessing import DatasetError, InvalidVolumeError, resampling, resampling_dataset
 
 pytest.importorskip("s3fs")
@@ -308,7 +308,7 @@ def test_memory_urls_and_an_upload_that_fails_leaves_nothing(volume, tmp_path, m
         out = resampling("memory://in/v.nii.gz", "memory://out", (10, 15, 9))
         assert store.cat(out) == read(resampling(path, tmp_path, (10, 15, 9)))
         # A failure while writing: neither the object nor its hidden temporary key remains.
-        monkeypatch.setattr(_storage._RemoteWriter, "write", fail_write)
+        monkeypatch.setattr(_remote_io.RemoteWriter, "write", fail_write)
         with pytest.raises(OSError, match="the store broke"):
             resampling("memory://in/v.nii.gz", "memory://broken", (10, 15, 9))
         assert not store.exists("memory://broken") or not store.ls("memory://broken")
@@ -368,7 +368,7 @@ def test_names_that_look_like_glob_patterns_are_written_where_they_say(volume, t
         expected = {single, *written, f"{root}/in/{stem}.nii.gz", f"{root}/in/other.nii.gz"}
         assert {f"memory://{name.lstrip('/')}" for name in store.find(root)} == expected
         # A write that fails leaves nothing either.
-        monkeypatch.setattr(_storage._RemoteWriter, "write", fail_write)
+        monkeypatch.setattr(_remote_io.RemoteWriter, "write", fail_write)
         with pytest.raises(OSError, match="the store broke"):
             resampling(f"{root}/in/{stem}.nii.gz", f"{root}/broken", (10, 15, 9))
         assert store.find(f"{root}/broken") == []
@@ -448,7 +448,7 @@ def test_a_remote_input_is_read_a_block_at_a_time(server, bucket, tmp_path, rng)
     assert total == data.size
     compressed = os.path.getsize(path)
     # Two chunks of the body ahead of the reader, the chunk being joined, gzip's buffers: not the object.
-    assert peak < 8 * _storage._AHEAD < compressed / 3, (peak, compressed)
+    assert peak < 8 * _remote_io.AHEAD < compressed / 3, (peak, compressed)
 
 
 WRITE_PEAK = """
@@ -512,7 +512,7 @@ def test_one_file_asks_its_bucket_only_for_unfinished_uploads(server, bucket, sc
 
 def test_a_body_serves_its_first_chunk_again_without_asking(server, bucket, caplog):
     name, fs = bucket
-    data = os.urandom(3 * _storage._AHEAD + 123)
+    data = os.urandom(3 * _remote_io.AHEAD + 123)
     fs.pipe(f"{name}/blob.nii.gz", data)
     storage = _storage.Storage.of(server.options())
     caplog.set_level(logging.INFO, logger="werkzeug")
@@ -527,9 +527,9 @@ def test_a_body_serves_its_first_chunk_again_without_asking(server, bucket, capl
         raw.seek(0)
         assert raw.read() == data  # then on through the whole body
         assert gets() == 1
-        raw.seek(_storage._AHEAD + 5)  # somewhere not held: the rest from there
-        assert raw.read(100) == data[_storage._AHEAD + 5 :][:100]
-        assert raw.read() == data[_storage._AHEAD + 105 :]  # on the same answer
+        raw.seek(_remote_io.AHEAD + 5)  # somewhere not held: the rest from there
+        assert raw.read(100) == data[_remote_io.AHEAD + 5 :][:100]
+        assert raw.read() == data[_remote_io.AHEAD + 105 :]  # on the same answer
         assert gets() == 2
 
 
@@ -612,7 +612,7 @@ def reader_threads():
 
 def test_an_s3_body_comes_by_a_presigned_get_read_ahead_in_a_thread_of_its_own(server, bucket, relay):
     name, fs = bucket
-    data = os.urandom(3 * _storage._AHEAD + 123)
+    data = os.urandom(3 * _remote_io.AHEAD + 123)
     fs.pipe(f"{name}/blob.nii.gz", data)
     through = relay()
     storage = _storage.Storage.of(server.options(endpoint_url=through.endpoint))
@@ -631,19 +631,19 @@ def test_an_s3_body_comes_by_a_presigned_get_read_ahead_in_a_thread_of_its_own(s
 
 def test_an_s3_body_cut_mid_way_is_asked_again_from_there_once(server, bucket, relay):
     name, fs = bucket
-    data = os.urandom(3 * _storage._AHEAD + 123)
+    data = os.urandom(3 * _remote_io.AHEAD + 123)
     fs.pipe(f"{name}/blob.nii.gz", data)
     url = f"s3://{name}/blob.nii.gz"
-    once = relay(cuts=[_storage._AHEAD + 5000])  # headers, the first MiB and some
+    once = relay(cuts=[_remote_io.AHEAD + 5000])  # headers, the first MiB and some
     with _storage.Storage.of(server.options(endpoint_url=once.endpoint)).open_input(url) as raw:
         assert raw.read() == data
     first, second = once.heads
     etag = fs.info(f"{name}/blob.nii.gz")["ETag"]
     assert "Range:" not in first
     start = int(re.search(r"Range: bytes=(\d+)-\r\n", second).group(1))  # after what came
-    assert _storage.HEADER_BLOCK < start < _storage._AHEAD + 5000, second
+    assert _remote_io.HEADER_BLOCK < start < _remote_io.AHEAD + 5000, second
     assert f"If-Match: {etag}" in second, second
-    twice = relay(cuts=[_storage._AHEAD + 5000, 0, 0])  # and again at once: the read fails, naming it
+    twice = relay(cuts=[_remote_io.AHEAD + 5000, 0, 0])  # and again at once: the read fails, naming it
     with _storage.Storage.of(server.options(endpoint_url=twice.endpoint)).open_input(url) as raw:
         with pytest.raises(ConnectionError, match="cannot reach the store, or it stopped answering") as info:
             raw.read()
@@ -656,7 +656,7 @@ def test_an_s3_body_cut_mid_way_is_asked_again_from_there_once(server, bucket, r
 
 def test_an_s3_body_the_plain_get_cannot_serve_is_read_by_the_client(server, bucket, relay, monkeypatch):
     name, fs = bucket
-    data = os.urandom(_storage._AHEAD + 123)
+    data = os.urandom(_remote_io.AHEAD + 123)
     fs.pipe(f"{name}/blob.nii.gz", data)
     url = f"s3://{name}/blob.nii.gz"
     through = relay()
@@ -680,12 +680,12 @@ def test_an_s3_body_the_plain_get_cannot_serve_is_read_by_the_client(server, buc
         (f"/{name}/missing.nii.gz", False),
     ]
     # A proxy for plain HTTP to the endpoint: left to the client (which knows how to use it).
-    plain = _storage._PlainHttp.of(storage.filesystem(url)[0], storage.options, url)
+    plain = _remote_io._PlainHttp.of(storage.filesystem(url)[0], storage.options, url)
     target = urllib.parse.urlsplit(f"{through.endpoint}/{name}/blob.nii.gz")
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    with pytest.raises(_storage._NotPlain, match="proxy"):
+    with pytest.raises(_remote_io._NotPlain, match="proxy"):
         plain.connect(target)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     plain.connect(target).close()
@@ -699,7 +699,7 @@ def test_an_https_endpoint_is_read_over_tls_checked_as_the_client_checks(server,
     authority.issue_cert("127.0.0.1").configure_cert(context)
     bundle = tmp_path / "ca.pem"
     authority.cert_pem.write_to_path(str(bundle))
-    data = os.urandom(_storage._AHEAD + 123)
+    data = os.urandom(_remote_io.AHEAD + 123)
     fs.pipe(f"{name}/blob.nii.gz", data)
     url = f"s3://{name}/blob.nii.gz"
     through = relay(tls=context)
@@ -734,7 +734,7 @@ def test_plain_http_checks_certificates_and_times_out_as_the_client_would(
     def plain(**options):  # a client of its own each time: botocore reads its configuration once
         storage = _storage.Storage.of(server.options(**options, skip_instance_cache=True))
         fs = storage.filesystem(f"s3://{name}/x")[0]
-        return _storage._PlainHttp.of(fs, storage.options, "s3://x"), fs
+        return _remote_io._PlainHttp.of(fs, storage.options, "s3://x"), fs
 
     bundles = {name: tmp_path / f"{name}.pem" for name in ("mine", "aws", "requests")}
     for variable in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE"):
@@ -759,7 +759,7 @@ def test_plain_http_checks_certificates_and_times_out_as_the_client_would(
 
 def test_a_body_read_in_small_pieces_is_never_overwritten_by_the_next_chunk(server, bucket):
     name, fs = bucket
-    data = os.urandom(4 * _storage._AHEAD + 123)
+    data = os.urandom(4 * _remote_io.AHEAD + 123)
     fs.pipe(f"{name}/blob.nii.gz", data)
     read_ = bytearray()
     with _storage.Storage.of(server.options()).open_input(f"s3://{name}/blob.nii.gz") as raw:
@@ -790,9 +790,9 @@ class Stall(Relay):
 @pytest.mark.parametrize("stop", ["error", "interrupt"])
 def test_a_body_closed_while_its_next_chunk_stalls_closes_at_once(server, bucket, stop):
     name, fs = bucket
-    data = os.urandom(3 * _storage._AHEAD)
+    data = os.urandom(3 * _remote_io.AHEAD)
     fs.pipe(f"{name}/blob.nii.gz", data)
-    stalled = Stall(server.endpoint, cuts=[_storage.HEADER_BLOCK + 20000])  # its headers, and a bit more
+    stalled = Stall(server.endpoint, cuts=[_remote_io.HEADER_BLOCK + 20000])  # its headers, and a bit more
     slow = server.options(endpoint_url=stalled.endpoint, config_kwargs={"read_timeout": 60})
     timer = None
     try:
@@ -802,7 +802,7 @@ def test_a_body_closed_while_its_next_chunk_stalls_closes_at_once(server, bucket
                 if stop == "error":
                     start = time.monotonic()
                     raise RuntimeError("the caller fails while the next chunk is on its way")
-                raw.seek(_storage.HEADER_BLOCK)
+                raw.seek(_remote_io.HEADER_BLOCK)
                 main = threading.main_thread().ident  # a real SIGINT, to the thread that waits: wakes it
                 timer = threading.Timer(0.5, signal.pthread_kill, (main, signal.SIGINT))
                 timer.start()
@@ -1202,7 +1202,7 @@ def test_a_failure_mid_upload_leaves_no_object_and_no_parts(server, bucket, tmp_
     data = rng.integers(-30000, 30000, (128, 128, 96)).astype(np.int16)  # 3 MB, incompressible
     fs.put(write_nifti(tmp_path / "x.nii.gz", data), f"{name}/x.nii.gz")
     calls = []
-    real = _storage._RemoteWriter.write
+    real = _remote_io.RemoteWriter.write
 
     def write_then_fail(self, chunk):
         calls.append(len(chunk))
@@ -1210,7 +1210,7 @@ def test_a_failure_mid_upload_leaves_no_object_and_no_parts(server, bucket, tmp_
             raise OSError(5, "the store broke")
         return real(self, chunk)
 
-    monkeypatch.setattr(_storage._RemoteWriter, "write", write_then_fail)
+    monkeypatch.setattr(_remote_io.RemoteWriter, "write", write_then_fail)
     with pytest.raises(OSError, match="the store broke"):
         resampling(
             f"s3://{name}/x.nii.gz",
@@ -1261,7 +1261,7 @@ def test_skip_existing_reads_headers_only_and_redoes_a_mismatch(server, bucket, 
     assert fs.cat(first[0]) == read(resampling(paths[0], tmp_path / "local", (15, 14, 10)))
     streamed = {path for path, block in opened if block == _storage.STREAM_BLOCK}
     assert not streamed & set(first[1:])  # kept outputs: their headers only, by small ranged requests
-    assert {path for path, block in opened if block == _storage.HEADER_BLOCK} >= set(first)
+    assert {path for path, block in opened if block == _remote_io.HEADER_BLOCK} >= set(first)
 
 
 # --- 5: Dask workers with no shared file system -----------------------------------------------------------
@@ -1432,7 +1432,7 @@ def test_a_body_cut_short_on_the_clients_path_is_a_connection_error():
         pass
 
     for err in (ClientPayloadError("Response payload is not completed"), http.client.IncompleteRead(b"x", 9)):
-        translated = _storage._translated(err, "s3://b/k.nii.gz", "reading")
+        translated = _store_errors.translated(err, "s3://b/k.nii.gz", "reading")
         assert isinstance(translated, ConnectionError) and translated.filename == "s3://b/k.nii.gz"
         assert "stopped answering" in str(translated)
 

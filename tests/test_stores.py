@@ -21,7 +21,7 @@ import pytest
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from helpers import write_nifti
-from nidataset import _storage
+from nidataset import _remote_io, _storage, _store_errors
 from nidataset.preprocessing import resampling_dataset
 
 _generations = itertools.count(1)
@@ -204,11 +204,11 @@ def test_a_store_without_suffix_ranges_is_asked_for_the_tail_by_its_offset(size)
 
     data = os.urandom(size)
     azure = Ranged("az", data)
-    assert asyncio.run(_storage._opening(azure, "k", 2**16)) == (size, data[: 2**16], data[-4:])
+    assert asyncio.run(_remote_io._opening(azure, "k", 2**16)) == (size, data[: 2**16], data[-4:])
     assert all(start >= 0 for start, _ in azure.asked)
     assert len(azure.asked) == (1 if size <= 2**16 else 2)  # a first block that holds the tail: no more
     s3 = Ranged("s3", data)
-    assert asyncio.run(_storage._opening(s3, "k", 2**16)) == (size, data[: 2**16], data[-4:])
+    assert asyncio.run(_remote_io._opening(s3, "k", 2**16)) == (size, data[: 2**16], data[-4:])
     assert s3.asked == [(0, 2**16), (-4, None)]  # at once, with the size
 
 
@@ -311,7 +311,7 @@ def adlfs_upload_refused():  # adlfs wraps what the service said
 def test_the_failures_of_other_stores_say_what_is_wrong(raised, kind, number):
     url = "gs://bucket/in/ct.nii.gz"
     with pytest.raises(OSError) as info:
-        with _storage._failures(url, "reading"):
+        with _store_errors.failures(url, "reading"):
             raise raised
     assert type(info.value) is kind
     assert (info.value.errno, info.value.filename) == (number, url)

@@ -36,7 +36,8 @@ from nibabel.spatialimages import HeaderDataError
 from ._atomic import atomic_file, remove_stale_temporaries
 from ._geometry import resized_affine, resized_zooms
 from ._paths import is_url, local_path, name_of
-from ._storage import HEADER_BLOCK, LOCAL, STREAM_BLOCK, Storage
+from ._remote_io import HEADER_BLOCK
+from ._storage import LOCAL, STREAM_BLOCK, Storage
 
 __all__ = [
     "READ_ERRORS",
