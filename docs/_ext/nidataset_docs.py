@@ -267,7 +267,7 @@ class CommandHelp(SphinxDirective):
         """Warn about an example command of the help text that the parser refuses."""
         from nidataset.cli import _get_parser
 
-        for line in text.splitlines():
+        for line in text.replace("\\\n", " ").splitlines():  # a command continued on the next line is one
             if line.startswith("  nidataset "):
                 try:
                     with contextlib.redirect_stderr(io.StringIO()) as errors:

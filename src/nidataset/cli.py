@@ -214,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     >>> import os, tempfile
     >>> import nibabel as nib
     >>> import numpy as np
+    >>> from nidataset.cli import main
     >>> folder = tempfile.mkdtemp()
     >>> scan = os.path.join(folder, "scan.nii.gz")
     >>> nib.save(nib.Nifti1Image(np.zeros((20, 20, 10), np.int16), np.eye(4)), scan)
