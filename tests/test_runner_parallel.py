@@ -116,14 +116,15 @@ import multiprocessing, sys
 from nidataset import resampling_dataset
 folder, out = sys.argv[1:]
 resampling_dataset(folder, out + "/serial", (9, 10, 7), progress=False)
-resampling_dataset(folder, out + "/pool", (9, 10, 7), workers=2, progress=False)
+resampling_dataset(folder, out + "/bar", (9, 10, 7))  # tqdm's first bar makes a multiprocessing lock
+resampling_dataset(folder, out + "/pool", (9, 10, 7), workers=2)
 print(multiprocessing.get_start_method(allow_none=True))
 multiprocessing.set_start_method("spawn")  # the caller's choice is still open
 """
 
 
 def test_the_process_start_method_is_left_to_the_caller(dataset, tmp_path):
-    # Neither a serial run without a bar nor the local pool fix the start method for the process.
+    # Neither a serial run, with its bar or without, nor the local pool fix the process's start method.
     done = subprocess.run(
         [sys.executable, "-c", START_METHOD, str(dataset), str(tmp_path)],
         capture_output=True,
@@ -186,8 +187,12 @@ def test_the_pool_ends_with_a_killed_caller(tmp_path, method):
     try:
         assert caller.stdout.readline() == b"started\n"
         deadline = time.monotonic() + 60
-        while len(pool := descendants(caller.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while not any(name.endswith(".tmp") for _, _, names in os.walk(tmp_path / "out") for name in names):
+            assert time.monotonic() < deadline, "no output was begun"  # by a process of the pool
+            time.sleep(0.01)
+        pool = descendants(
+            caller.pid
+        )  # (with spawn and forkserver, the resource tracker and fork server too)
         assert len(pool) >= 2
     finally:
         caller.kill()

@@ -169,6 +169,15 @@ def test_a_dataset_through_the_store_matches_a_local_run(store, tmp_path, rng):
             assert store.objects[url[len("fake-committing://") :]][0] == file.read()
 
 
+def test_a_prefix_of_uncompressed_files_says_to_gzip_them(store):
+    store.objects["bucket/raw/a.nii"] = (b"whatever", next(_generations))
+    store.objects["bucket/raw/b.nii"] = (b"whatever", next(_generations))
+    with pytest.raises(
+        FileNotFoundError, match=r"it holds 2 '\.nii' files, uncompressed NIfTI: gzip them first"
+    ):
+        resampling_dataset("fake-committing://bucket/raw/", "fake-committing://bucket/out/", (9, 11, 7))
+
+
 @pytest.mark.parametrize("listed_as", ["adlfs", "gcsfs"])
 def test_stamps_read_the_keys_each_store_lists(store, listed_as):
     store.listed_as = listed_as

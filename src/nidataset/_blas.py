@@ -80,11 +80,15 @@ def one_blas_thread() -> Iterator[None]:
                 limiter.restore_original_limits()
     finally:
         _leave(token)
-        finalizer.detach()
+        finalizer.detach()  # not if leaving was cut short: the finalizer then finishes it
 
 
 def _leave(token: _Token | None) -> None:
-    """Take `token` out; the last caller out puts the counts back. An interrupt meanwhile waits till then."""
+    """Take `token` out; the last caller out puts the counts back. An interrupt meanwhile waits till then.
+
+    Re-entered by a finalizer (a token's, collected while a count is put back), it may put back every
+    count itself: the outer call then finds nothing left to do.
+    """
     interrupted: KeyboardInterrupt | None = None
     while True:
         try:
@@ -92,13 +96,18 @@ def _leave(token: _Token | None) -> None:
                 if token is not None:
                     _callers.discard(token)
                 while not _callers and _restore:
-                    _restore[-1]()  # putting a count back twice does no harm
-                    _restore.pop()
+                    restore = _restore[-1]
+                    restore()  # putting a count back twice does no harm
+                    if _restore and _restore[-1] is restore:
+                        _restore.pop()
             break
         except KeyboardInterrupt as err:
             interrupted = err
     if interrupted is not None:
-        raise interrupted
+        try:
+            raise interrupted
+        finally:
+            interrupted = None  # no cycle through this frame: its token goes at once
 
 
 def _process_wide(info: dict[str, Any]) -> bool:

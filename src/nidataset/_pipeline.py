@@ -100,7 +100,8 @@ def resample_file(
     stop : threading.Event, optional
         Once set, the call stops at its next slab (or the next few MiB of a volume read whole) by raising
         KeyboardInterrupt, as an interrupt would, leaving no output: how a thread pool's files are
-        interrupted (only the main thread takes Ctrl-C). A request to the store under way ends first.
+        interrupted (only the main thread takes Ctrl-C), and a process pool's (anything with the
+        event's ``is_set``). A request to the store under way ends first.
     ready : callable, optional
         Called at most once, from the calling thread, once the input is open and its header checked,
         before the computation starts (for an output kept by `skip_existing`, only before its missing

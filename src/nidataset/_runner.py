@@ -271,12 +271,12 @@ def run(
     """Apply `job` to every input, going on past failures.
 
     With ``workers > 1`` the inputs run on a local process pool of that size (`job` must then be
-    picklable), or on threads of this process if `in_threads`: `workers` of them compute at once,
-    among at most three times as many, the others opening their inputs or waiting on the store to take
-    their outputs (`job` then takes a ``stop=`` event, set when the run is interrupted, and ``ready=``
-    and ``waiting=`` callables, :class:`_Turns`); with an `executor` they run on it; otherwise one
-    after the other in this process. The progress bar advances as inputs finish, in whatever order
-    they finish.
+    picklable, and take a ``stop=`` flag, set when the run is interrupted), or on threads of this
+    process if `in_threads`: `workers` of them compute at once, among at most three times as many, the
+    others opening their inputs or waiting on the store to take their outputs (`job` then takes a
+    ``stop=`` event, and ``ready=`` and ``waiting=`` callables, :class:`_Turns`); with an `executor`
+    they run on it; otherwise one after the other in this process. The progress bar advances as inputs
+    finish, in whatever order they finish.
 
     Returns the outputs in input order. If any input failed, raises :class:`DatasetError` once all the
     others are done, naming each failed input and its reason.
@@ -297,7 +297,7 @@ def run(
             failures[index] = err
 
     if executor is None and workers == 1:
-        for index, path in enumerate(Bar(inputs, desc=desc, unit="file") if progress else inputs):
+        for index, path in enumerate(_bar(Bar, inputs, desc=desc, unit="file") if progress else inputs):
             record(index, job, path)
     else:
         from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -313,14 +313,14 @@ def run(
             task = functools.partial(_Turns(size, stop).run, job)
         else:
             context = _pool_context()
-            stop = context.Event()  # shared with the pool's processes: their files stop at the next slab
+            stop = _SharedFlag(context)  # the pool's processes read it: their files stop at the next slab
             pool = ProcessPoolExecutor(size, context, initializer=_start_pool_process, initargs=(stop,))
             task = functools.partial(_interruptible, job)
         futures = {}
         try:
             for index, path in enumerate(inputs):
                 futures[pool.submit(task, path)] = index
-            with Bar(total=len(inputs), desc=desc, unit="file") if progress else _NoBar() as bar:
+            with _bar(Bar, total=len(inputs), desc=desc, unit="file") if progress else _NoBar() as bar:
                 for future in as_completed(futures):
                     record(futures[future], future.result)
                     bar.update()
@@ -340,6 +340,42 @@ def run(
             [(inputs[i], failures[i]) for i in sorted(failures)], [results[i] for i in sorted(results)]
         )
     return [results[i] for i in range(len(inputs))]
+
+
+def _bar(kind: Any, *args: Any, **kwargs: Any) -> Any:
+    """Return ``kind(*args, **kwargs)``, a tqdm bar, leaving the process's start method unset if it was.
+
+    tqdm's first bar makes a ``multiprocessing.RLock``, which fixes the start method for good: a
+    caller's ``set_start_method`` would then fail. Unset again, it is the caller's to choose.
+    """
+    import multiprocessing
+
+    unset = multiprocessing.get_start_method(allow_none=True) is None
+    bar = kind(*args, **kwargs)
+    if unset:
+        multiprocessing.set_start_method(None, force=True)  # as it was: nothing had chosen one
+    return bar
+
+
+class _SharedFlag:
+    """A flag the caller sets and the pool's processes read at each slab (``set``, ``is_set``).
+
+    A shared byte, with no lock: a pool process killed while it reads holds nothing the caller's
+    ``set`` would wait for (a ``multiprocessing.Event`` takes a lock on every look).
+    """
+
+    def __init__(self, context: Any):
+        import ctypes
+
+        self._value = context.RawValue(ctypes.c_bool, False)
+
+    def set(self) -> None:
+        """Raise the flag."""
+        self._value.value = True
+
+    def is_set(self) -> bool:
+        """Whether the flag is raised."""
+        return bool(self._value.value)
 
 
 class _NoBar:
@@ -447,7 +483,7 @@ _pool_stop: Any = None
 def _start_pool_process(stop: Any) -> None:
     """Start a process of the local pool (its own process: these settings are the library's to make).
 
-    - Its files stop at their next slab once `stop` (a ``multiprocessing.Event``) is set: the caller was
+    - Its files stop at their next slab once `stop` (a :class:`_SharedFlag`) is set: the caller was
       interrupted, even by a SIGINT sent to the caller's process alone (``kill -INT``, a notebook's
       interrupt button).
     - Ctrl-C reaches it only while it works on a file (:func:`_interruptible`): the terminal sends SIGINT

@@ -212,7 +212,9 @@ class Storage:
         if not names:
             if not entries and protocol(fs) in _COMMITTING:  # nothing at all: is there a bucket?
                 _check_bucket(fs, url, key.split("/", 1)[0])
-            raise FileNotFoundError(errno.ENOENT, f"no '{suffix}' objects under this prefix", url)
+            others = [entry["name"].rsplit("/", 1)[-1] for entry in entries if entry.get("type") == "file"]
+            hint = uncompressed_hint(*others, folder=True)
+            raise FileNotFoundError(errno.ENOENT, f"no '{suffix}' objects under this prefix{hint}", url)
         return [join(url, name) for name in names]
 
     def stamps(self, url: str) -> dict[str, tuple[str, str]]:
