@@ -6,6 +6,7 @@ import itertools
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import nibabel as nib
@@ -212,9 +213,11 @@ def test_an_interrupt_in_the_compressor_stays_an_interrupt(tmp_path, monkeypatch
     write_nifti(tmp_path / "a.nii.gz", np.ones((20, 20, 20), np.int16))
     out = tmp_path / "out"
     out.mkdir()
+    threads = set(threading.enumerate())
     try:
         resampling(tmp_path / "a.nii.gz", out, (90, 90, 90), threads=1)
     except KeyboardInterrupt:
         assert os.listdir(out) == []  # nothing partial
     else:  # it landed where Python discards it (a finalizer's look at the closed file)
         assert os.listdir(out) == ["a_resampled.nii.gz"]
+    assert set(threading.enumerate()) <= threads  # the compressor's threads ended with it

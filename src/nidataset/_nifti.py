@@ -772,11 +772,14 @@ class SlabWriter:
             self._file.close()  # GeneratorExit where it waits: the temporary file or the upload goes
 
 
-def _compressor(raw: BinaryIO, threads: int) -> BinaryIO:
-    """Return isal's threaded gzip writer over `raw`; a failure as it starts leaves nothing running.
+@contextlib.contextmanager
+def _compressor(raw: BinaryIO, threads: int) -> Iterator[BinaryIO]:
+    """Run isal's threaded gzip writer over `raw` for the block; closed after it, however it ends.
 
     What ``igzip_threaded.open(raw, "wb", ...)`` makes, without the ``io.BufferedWriter`` it puts over it
-    (see :meth:`SlabWriter._hand`).
+    (see :meth:`SlabWriter._hand`), and without ``with writer:``, whose ``__enter__`` asks the writer's
+    ``closed`` property: an interrupt there (Ctrl-C lands wherever Python code runs) would leave its
+    threads running, never closed.
 
     isal's writer marks itself open and starts its thread inside ``__init__``; an exception in between
     (Ctrl-C, a full disk at the gzip header) would leave a half-made writer whose thread runs on and whose
@@ -784,17 +787,23 @@ def _compressor(raw: BinaryIO, threads: int) -> BinaryIO:
     """
     kind = getattr(igzip_threaded, "_ThreadedGzipWriter", None)
     if kind is None:  # pragma: no cover  # an isal without that class: its public way, unguarded
-        return igzip_threaded.open(
+        with igzip_threaded.open(
             raw, "wb", compresslevel=COMPRESS_LEVEL, threads=threads, block_size=_BLOCK
-        )
+        ) as writer:
+            yield writer
+        return
     writer = kind.__new__(kind)
+    made = False
     try:
         writer.__init__(raw, "wb", level=COMPRESS_LEVEL, threads=threads, block_size=_BLOCK)
-        return writer  # (no buffered writer over it: see SlabWriter._hand)
-    except BaseException:
-        writer.running = False  # a started thread ends at its next look at the queue (50 ms)
-        writer._closed = True  # and the finalizer finds nothing to close
-        raise
+        made = True
+        yield writer  # (no buffered writer over it: see SlabWriter._hand)
+    finally:
+        if made:
+            writer.close()
+        else:
+            writer.running = False  # a started thread ends at its next look at the queue (50 ms)
+            writer._closed = True  # and the finalizer finds nothing to close
 
 
 class MidPlanes:
